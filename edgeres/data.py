@@ -1,0 +1,313 @@
+"""Datasets: find the images, check every file before training, and feed them to Keras.
+
+Layouts accepted (class names are folder names, sorted):
+
+    ROOT/<split>/<class>/*      splits: train, and validation (or val, or test)
+    ROOT/<class>/*              split here, stratified per class, seeded
+
+Every file is decoded once up front (:func:`scan`): unreadable, truncated or empty files are
+skipped, counted and listed, so training never dies mid-epoch on a bad file. TensorFlow is
+imported only by :func:`make_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgeres.preprocess import ImageError, decode, is_image_file, load_pixels
+
+DATA_ENV = "EDGERES_DATA"
+CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+TRAIN_SPLITS = ("train",)
+VAL_SPLITS = ("validation", "val", "test")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """The checked files of one split."""
+
+    name: str
+    samples: tuple[Sample, ...]
+    skipped: tuple[BadFile, ...] = ()
+    digest: str = ""  # SHA-256 over (relative path, content SHA-256) of every kept file
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self.samples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    classes: tuple[str, ...]
+    train: Split
+    validation: Split
+    layout: str = "split"  # "split" (ROOT/<split>/<class>) or "flat" (ROOT/<class>, split here)
+    sha256: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def skipped(self) -> tuple[BadFile, ...]:
+        return self.train.skipped + self.validation.skipped
+
+
+def resolve_data_dir(data: str | Path | None) -> Path:
+    """``--data``, else ``$EDGERES_DATA``, else the public cats_and_dogs_filtered download."""
+    if data is None and os.environ.get(DATA_ENV):
+        data = os.environ[DATA_ENV]
+    if data is not None:
+        root = Path(data).expanduser()
+        if not root.is_dir():
+            raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+        return root
+    return download_cats_and_dogs()
+
+
+def download_cats_and_dogs() -> Path:
+    """Fetch cats_and_dogs_filtered through Keras's download cache (~/.keras/datasets)."""
+    import keras  # a download needs the training extra
+
+    try:
+        path = Path(keras.utils.get_file("cats_and_dogs_filtered.zip", origin=CATS_DOGS_URL, extract=True))
+    except Exception as e:  # Keras wraps URLError, HTTPError, SSL errors alike
+        raise DataError(
+            f"Could not download the cats_and_dogs_filtered dataset ({type(e).__name__}: {e}). "
+            f"This machine may be offline. Point edgeres at a local copy instead: --data DIR "
+            f"or {DATA_ENV}=DIR, with DIR holding train/<class>/ and validation/<class>/ folders."
+        ) from e
+    for candidate in (path, path / "cats_and_dogs_filtered", path.parent / "cats_and_dogs_filtered"):
+        if (candidate / "train").is_dir():
+            return candidate
+    raise DataError(f"Downloaded archive at {path} has no train/ folder.")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def find_layout(root: Path) -> tuple[tuple[str, ...], dict[str, dict[str, list[Path]]]]:
+    """Return the class names and ``{split: {class: [files]}}`` found under ``root``."""
+    root = Path(root)
+    sub = {d.name.lower(): d for d in _class_dirs(root)}
+    train_dir = next((sub[s] for s in TRAIN_SPLITS if s in sub), None)
+    if train_dir is not None:
+        val_dir = next((sub[s] for s in VAL_SPLITS if s in sub), None)
+        if val_dir is None:
+            raise DataError(
+                f"{root} has a train/ folder but no validation/, val/ or test/ folder beside it. "
+                f"Add one, or put the class folders directly under {root} to have edgeres split them."
+            )
+        classes = tuple(d.name for d in _class_dirs(train_dir))
+        splits = {"train": {}, "validation": {}}
+        for name, folder in (("train", train_dir), ("validation", val_dir)):
+            for c in classes:
+                splits[name][c] = _images(folder / c) if (folder / c).is_dir() else []
+        extra = sorted({d.name for d in _class_dirs(val_dir)} - set(classes))
+        if extra:
+            raise DataError(f"{val_dir} has class folders not in {train_dir}: {', '.join(extra)}.")
+        return classes, splits
+    classes = tuple(d.name for d in _class_dirs(root))
+    return classes, {"all": {c: _images(root / c) for c in classes}}
+
+
+def _check(path: Path) -> tuple[str, str | None]:
+    """Content SHA-256 and, for a file that will not decode, the reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return "", f"cannot read ({e.strerror or e})"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (64, 64))  # JPEG DCT scaling: checks the whole stream, 8x faster
+            im.load()
+        decode(data, name=str(path))  # catches what draft skips (EXIF, odd modes)
+    except ImageError as e:
+        return digest, str(e).split(": ", 1)[-1]
+    except Exception as e:
+        return digest, f"corrupt or truncated image ({e})"
+    return digest, None
+
+
+def scan(
+    root: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_per_class: int | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Find, decode-check and hash every image under ``root``; split a flat layout."""
+    root = Path(root)
+    classes, splits = find_layout(root)
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+            f"a classifier needs at least 2: ROOT/train/<class>/*.jpg or ROOT/<class>/*.jpg."
+        )
+    if max_per_class is not None:
+        rng = random.Random(seed)
+        splits = {
+            s: {c: sorted(rng.sample(f, min(len(f), max_per_class if s != "validation" else max(1, max_per_class // 2))))
+                for c, f in per.items()}
+            for s, per in splits.items()
+        }
+    files = [p for per in splits.values() for f in per.values() for p in f]
+    results = _run_checks(files, progress=progress)
+    hashes = {p: h for p, (h, _) in results.items()}
+    bad = {p: r for p, (_, r) in results.items() if r is not None}
+
+    def build(name: str, per_class: dict[str, list[Path]]) -> Split:
+        samples, skipped = [], []
+        for label, c in enumerate(classes):
+            for p in per_class[c]:
+                (skipped.append(BadFile(p, bad[p])) if p in bad else samples.append(Sample(p, label)))
+        lines = sorted(f"{s.path.relative_to(root).as_posix()} {hashes[s.path]}" for s in samples)
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        return Split(name, tuple(samples), tuple(skipped), digest)
+
+    if "all" in splits:
+        train_files, val_files = {}, {}
+        rng = random.Random(seed)
+        for c, f in splits["all"].items():
+            good = [p for p in f if p not in bad]
+            shuffled = rng.sample(good, len(good))
+            n_val = max(1, round(len(good) * val_fraction)) if len(good) > 1 else 0
+            val_files[c] = sorted(shuffled[:n_val]) + [p for p in f if p in bad]
+            train_files[c] = sorted(shuffled[n_val:])
+        train, val, layout = build("train", train_files), build("validation", val_files), "flat"
+    else:
+        train, val, layout = build("train", splits["train"]), build("validation", splits["validation"]), "split"
+
+    for split, folder_of in ((train, "train"), (val, "validation")):
+        counts = np.bincount(split.labels, minlength=len(classes)) if split.samples else np.zeros(len(classes), int)
+        for c, n in zip(classes, counts):
+            if n == 0:
+                where = root / c if layout == "flat" else root / folder_of / c
+                raise DataError(
+                    f"Class '{c}' has no valid image in the {split.name} split ({where}). "
+                    f"Add images there (JPEG, PNG, BMP, GIF) or remove the class folder."
+                )
+    sha = {p.relative_to(root).as_posix(): h for p, h in hashes.items() if p not in bad}
+    return Dataset(root, classes, train, val, layout, sha)
+
+
+def _run_checks(files: list[Path], *, progress: bool) -> dict[Path, tuple[str, str | None]]:
+    # Pillow releases the GIL while decoding, so threads use every core.
+    workers = min(32, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(_check, files)
+        if progress:
+            from rich.progress import track
+
+            results = track(results, total=len(files), description=f"Checking {len(files)} images", transient=True)
+        return dict(zip(files, results))
+
+
+def write_skipped(dataset: Dataset, path: Path) -> None:
+    """List the skipped files (``path<TAB>reason``) so the user can fix or delete them."""
+    lines = [f"{b.path}\t{b.reason}" for b in dataset.skipped]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+# --------------------------------------------------------------------------------------
+# tf.data
+
+
+def make_dataset(
+    split: Split,
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    num_classes: int,
+):
+    """A batched ``tf.data.Dataset`` of ``(uint8 pixels as float32 [B,S,S,3], one-hot labels)``.
+
+    Decoding is :func:`edgeres.preprocess.load_pixels`, the same function the runtime uses, run
+    in parallel and cached. Training images are decoded a little larger and augmented with a
+    random resized crop and a horizontal flip; validation images are exactly the runtime input.
+    """
+    import tensorflow as tf
+
+    decode_size = int(round(image_size * 1.15)) if training else image_size
+
+    def load(path):
+        return load_pixels(path.decode(), decode_size)
+
+    def decode_fn(path, label):
+        pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        pixels.set_shape([decode_size, decode_size, 3])
+        return pixels, label
+
+    paths = [str(p) for p in split.paths]
+    ds = tf.data.Dataset.from_tensor_slices((paths, split.labels))
+    ds = ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        # Stateless ops fed by a seeded stream: the same --seed gives the same augmentations.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(4)
+        ds = tf.data.Dataset.zip(ds, seeds)
+        ds = ds.map(_augmenter(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def finish(pixels, label):
+        return tf.cast(pixels, tf.float32), tf.one_hot(label, num_classes)
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def _augmenter(image_size: int):
+    import tensorflow as tf
+
+    def augment(sample, seeds):
+        pixels, label = sample
+        seeds = tf.reshape(tf.cast(seeds % (2**31), tf.int32), (2, 2))
+        box_begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(pixels),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seeds[:, 0],
+            min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.35, 1.0),
+            use_image_if_no_bounding_boxes=True,
+        )
+        crop = tf.slice(pixels, box_begin, box_size)
+        crop = tf.image.resize(crop, (image_size, image_size), method="bilinear", antialias=True)
+        crop = tf.image.stateless_random_flip_left_right(crop, seed=seeds[:, 1])
+        return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8), label
+
+    return augment

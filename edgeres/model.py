@@ -1,0 +1,166 @@
+"""ResNet classifiers that take raw RGB pixels and carry their own normalisation.
+
+``build_classifier -> backbone (keras.applications ResNet50 / ResNet50V2, or the small
+resnet-tiny for tests) -> pooled features -> dropout -> softmax``. Layer names follow Keras's
+``conv2_block1_1_conv`` scheme, so a quantization report can point at a layer a human can find.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+
+class Arch(str, Enum):
+    RESNET50 = "resnet50"
+    RESNET50V2 = "resnet50v2"
+    RESNET_TINY = "resnet-tiny"  # 4 stages x 1 bottleneck block, 1/8 width: tests and smoke runs
+
+
+# Each backbone's own preprocessing, expressed on 0..255 RGB input (timm-style config that
+# travels with the model): v1 is Caffe-style (BGR, mean subtraction), v2 maps to [-1, 1].
+PREPROCESSING = {
+    Arch.RESNET50: dict(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), bgr=True),
+    Arch.RESNET50V2: dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), bgr=False),
+    Arch.RESNET_TINY: dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), bgr=False),
+}
+
+
+class WeightsError(ValueError):
+    """ImageNet weights that cannot be had; the message says what to do instead."""
+
+
+@keras.saving.register_keras_serializable(package="edgeres")
+class PixelNormalization(layers.Layer):
+    """``(x[..., ::-1] if bgr else x) - mean) / std`` on 0..255 RGB pixels, always in float32."""
+
+    def __init__(self, mean, std, bgr=False, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean, self.std, self.bgr = tuple(mean), tuple(std), bool(bgr)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        if self.bgr:
+            x = ops.flip(x, axis=-1)
+        mean = ops.convert_to_tensor(self.mean, "float32")
+        scale = ops.convert_to_tensor([1.0 / s for s in self.std], "float32")
+        return (x - mean) * scale
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr}
+
+
+def build_classifier(
+    arch: Arch | str,
+    num_classes: int,
+    image_size: int = 224,
+    *,
+    weights: str | Path | None = None,
+    dropout: float = 0.2,
+    freeze_backbone: bool = False,
+) -> keras.Model:
+    """A classifier on ``[B, S, S, 3]`` RGB pixel values in 0..255 (float32 or uint8).
+
+    ``weights``: ``"imagenet"`` (Keras's download cache), a local Keras weights file for the
+    backbone without its top (``*_notop.h5``), or ``None``/``"none"`` for random init.
+    """
+    arch = Arch(arch)
+    if image_size < 32 or image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32, at least 32. Received: image_size={image_size}")
+    if num_classes < 2:
+        raise ValueError(f"A classifier needs at least 2 classes. Received: num_classes={num_classes}")
+    weights = _resolve_weights(arch, weights)
+
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = PixelNormalization(**PREPROCESSING[arch], name="normalize")(inputs)
+    backbone = _backbone(arch, image_size, weights)
+    backbone.trainable = not freeze_backbone
+    # training=False keeps frozen BatchNorm statistics fixed while fine-tuning the head.
+    x = backbone(x, training=False if freeze_backbone else None)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"edgeres_{arch.value.replace('-', '_')}")
+
+
+def unfreeze_top(model: keras.Model, stages: int = 1) -> None:
+    """Make the last ``stages`` ResNet stages (conv5, then conv4, ...) trainable for fine-tuning."""
+    backbone = backbone_of(model)
+    names = [f"conv{5 - i}_" for i in range(stages)] + ["post_"]
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = layer.name.startswith(tuple(names))
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def _resolve_weights(arch: Arch, weights) -> str | None:
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if str(weights).lower() == "imagenet":
+        if arch is Arch.RESNET_TINY:
+            raise WeightsError("resnet-tiny has no ImageNet weights. Use --weights none.")
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file not found: {path}. Pass --weights imagenet, --weights none, "
+            f"or the path of a Keras {arch.value} 'notop' weights file (.h5)."
+        )
+    return str(path)
+
+
+def _backbone(arch: Arch, image_size: int, weights: str | None) -> keras.Model:
+    shape = (image_size, image_size, 3)
+    if arch is Arch.RESNET_TINY:
+        return resnet_tiny(shape)
+    app = keras.applications.ResNet50 if arch is Arch.RESNET50 else keras.applications.ResNet50V2
+    try:
+        return app(include_top=False, weights=weights, input_shape=shape, pooling="avg", name=arch.value)
+    except Exception as e:
+        if weights != "imagenet":
+            raise WeightsError(f"Could not load weights from {weights} into {arch.value}: {e}") from e
+        raise WeightsError(
+            f"Could not fetch ImageNet weights for {arch.value} ({type(e).__name__}: {e}). "
+            f"This machine may be offline. Download "
+            f"{'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5' if arch is Arch.RESNET50 else 'resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5'} "
+            f"elsewhere and pass --weights PATH (or copy it to ~/.keras/models/), or train from scratch with --weights none."
+        ) from e
+
+
+# resnet-tiny: the same bottleneck block and naming as Keras's ResNet50 (v1), at 1/8 width
+# and one block per stage. Small enough to train and quantize in seconds on a CPU.
+
+
+def resnet_tiny(input_shape) -> keras.Model:
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(16, 7, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
+    for stage, filters in enumerate((8, 16, 32, 64), start=2):
+        x = residual_block_v1(x, filters, stride=1 if stage == 2 else 2, name=f"conv{stage}_block1")
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, x, name="resnet-tiny")
+
+
+def residual_block_v1(x, filters: int, stride: int, name: str):
+    """Keras's ResNet v1 bottleneck block (1x1 -> 3x3 -> 1x1, projection shortcut)."""
+    shortcut = layers.Conv2D(4 * filters, 1, strides=stride, use_bias=False, name=name + "_0_conv")(x)
+    shortcut = layers.BatchNormalization(epsilon=1.001e-5, name=name + "_0_bn")(shortcut)
+    x = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=name + "_1_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=name + "_1_bn")(x)
+    x = layers.Activation("relu", name=name + "_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name + "_2_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=name + "_2_bn")(x)
+    x = layers.Activation("relu", name=name + "_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, use_bias=False, name=name + "_3_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=name + "_3_bn")(x)
+    x = layers.Add(name=name + "_add")([shortcut, x])
+    return layers.Activation("relu", name=name + "_out")(x)

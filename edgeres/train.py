@@ -1,0 +1,264 @@
+"""``edgeres train``: fit a ResNet classifier on a folder of photos, checkpointing every epoch.
+
+A run directory describes itself:
+
+    runs/<name>/config.json     every setting, library versions, device, dataset hashes
+                labels.txt      class names, one per line, in label order
+                dataset.json    class counts and the SHA-256 of each split
+                skipped.txt     files that would not decode, with the reason
+                model.keras     best-on-validation model (what ``export`` uses)
+                last.keras      last complete epoch, with optimizer state (what ``--resume`` uses)
+                state.json      epochs done, best score
+                history.csv/json, curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edgeres import data as data_lib  # noqa: E402
+from edgeres.config import (  # noqa: E402
+    Precision,
+    StrategyKind,
+    TrainConfig,
+    from_dict,
+    to_jsonable,
+    versions,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from edgeres.model import build_classifier, unfreeze_top  # noqa: E402
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_val_accuracy: float
+    history: list[dict] = field(repr=False)
+    device: str = ""
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.keras"
+
+
+def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: int = 1) -> TrainResult:
+    """Train (or resume) the run ``config.out``; returns when every epoch is done.
+
+    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``.
+    """
+    run_dir = Path(config.out)
+    state = {"epoch": 0, "best_val_accuracy": -1.0, "history": []}
+    if resume:
+        config, state = _load_for_resume(run_dir, config)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunExistsError(
+            f"Run directory {run_dir} already exists. Continue it with --resume, or choose another --out."
+        )
+    keras.utils.set_random_seed(config.seed)
+    strategy, device = _strategy(config.strategy)
+    mixed = _use_mixed_precision(config.precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    jit = config.jit_compile if config.jit_compile is not None else bool(tf.config.list_physical_devices("GPU"))
+    _say(
+        verbose,
+        f"Training on {device}, {strategy.num_replicas_in_sync} replica(s); precision "
+        f"{'mixed_float16' if mixed else 'float32'}; XLA {'on' if jit else 'off'}.",
+    )
+
+    root = data_lib.resolve_data_dir(config.data)
+    dataset = data_lib.scan(root, val_fraction=config.val_fraction, seed=config.seed,
+                            max_per_class=config.max_per_class, progress=verbose > 0)
+    _say(verbose, f"Dataset {root}: classes {', '.join(dataset.classes)}; "
+                  f"{len(dataset.train.samples)} train, {len(dataset.validation.samples)} validation, "
+                  f"{len(dataset.skipped)} skipped.")
+    if len(dataset.train.samples) < config.batch_size:
+        raise data_lib.DataError(
+            f"Only {len(dataset.train.samples)} training images for --batch-size {config.batch_size}. "
+            f"Lower --batch-size or add images under {root}."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_files(run_dir, config, dataset, root, device, mixed, jit)
+
+    kw = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
+              num_classes=len(dataset.classes))
+    train_ds = data_lib.make_dataset(dataset.train, training=True, **kw)
+    val_ds = data_lib.make_dataset(dataset.validation, training=False, **kw)
+    steps = len(dataset.train.samples) // config.batch_size
+    total_epochs = config.epochs + (config.fine_tune_epochs if config.freeze_backbone else 0)
+
+    checkpoint = _Checkpoint(run_dir, state, verbose)
+    cbs = [checkpoint, *callbacks]
+    try:
+        with strategy.scope():
+            if state["epoch"] > 0:
+                model = keras.models.load_model(run_dir / "last.keras")
+                _say(verbose, f"Resuming {run_dir} after epoch {state['epoch']} of {total_epochs}.")
+            else:
+                model = build_classifier(config.arch, len(dataset.classes), config.image_size,
+                                         weights=config.weights, dropout=config.dropout,
+                                         freeze_backbone=config.freeze_backbone)
+                _compile(model, config, config.learning_rate, config.epochs * steps, jit)
+            if state["epoch"] < config.epochs:
+                model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                          initial_epoch=state["epoch"], callbacks=cbs, verbose=verbose, shuffle=False)
+            if state["epoch"] < total_epochs:
+                if state["epoch"] == config.epochs:  # entering fine-tuning: unfreeze, lower LR
+                    unfreeze_top(model, config.fine_tune_stages)
+                    _compile(model, config, config.learning_rate / 10, config.fine_tune_epochs * steps, jit)
+                model.fit(train_ds, validation_data=val_ds, epochs=total_epochs,
+                          initial_epoch=state["epoch"], callbacks=cbs, verbose=verbose, shuffle=False)
+    except KeyboardInterrupt:
+        _say(1, f"\nInterrupted. {run_dir} holds epoch {state['epoch']} of {total_epochs}; "
+                f"continue with: edgeres train --out {run_dir} --resume")
+        raise
+    return TrainResult(run_dir, state["epoch"], state["best_val_accuracy"], state["history"], device)
+
+
+def _compile(model, config: TrainConfig, lr: float, decay_steps: int, jit: bool) -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, decay_steps), alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit,
+    )
+
+
+def _load_for_resume(run_dir: Path, overrides: TrainConfig) -> tuple[TrainConfig, dict]:
+    config_path, state_path = run_dir / "config.json", run_dir / "state.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"Nothing to resume in {run_dir}: no config.json. Start it without --resume.")
+    saved = from_dict(TrainConfig, json.loads(config_path.read_text())["train"])
+    # Only the length of the run may change on resume; everything else is the run's own.
+    config = saved.replace(epochs=max(saved.epochs, overrides.epochs), out=str(run_dir))
+    if not state_path.is_file():  # interrupted before the first epoch ended: start over
+        return config, {"epoch": 0, "best_val_accuracy": -1.0, "history": []}
+    return config, json.loads(state_path.read_text())
+
+
+def _strategy(kind: StrategyKind):
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+    if kind is StrategyKind.AUTO:
+        kind = (StrategyKind.MULTI_WORKER if os.environ.get("TF_CONFIG")
+                else StrategyKind.MIRRORED if len(gpus) > 1 else StrategyKind.DEFAULT)
+    if kind is StrategyKind.MULTI_WORKER:
+        return tf.distribute.MultiWorkerMirroredStrategy(), device + " per worker (TF_CONFIG)"
+    if kind is StrategyKind.MIRRORED:
+        if gpus:
+            return tf.distribute.MirroredStrategy(), device
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus), f"{len(cpus)} logical CPU device(s)"
+    return tf.distribute.get_strategy(), device
+
+
+def _use_mixed_precision(precision: Precision) -> bool:
+    if precision is Precision.AUTO:
+        return bool(tf.config.list_physical_devices("GPU"))
+    return precision is Precision.MIXED
+
+
+def _write_run_files(run_dir, config, dataset, root, device, mixed, jit) -> None:
+    write_bytes_atomic(run_dir / "labels.txt", "".join(c + "\n" for c in dataset.classes).encode())
+    data_lib.write_skipped(dataset, run_dir / "skipped.txt")
+    counts = {s.name: dict(zip(dataset.classes, np.bincount(s.labels, minlength=len(dataset.classes)).tolist()))
+              for s in (dataset.train, dataset.validation)}
+    write_json_atomic(run_dir / "dataset.json", {
+        "root": str(Path(root).resolve()), "layout": dataset.layout, "classes": dataset.classes,
+        "counts": counts, "sha256": {"train": dataset.train.digest, "validation": dataset.validation.digest},
+        "skipped": len(dataset.skipped),
+    })
+    write_json_atomic(run_dir / "config.json", {
+        "train": config, "labels": dataset.classes, "data_root": str(Path(root).resolve()),
+        "dataset_sha256": {"train": dataset.train.digest, "validation": dataset.validation.digest},
+        "device": device, "mixed_precision": mixed, "jit_compile": jit, "versions": versions(),
+    })
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Saves last.keras + state.json every epoch (atomically), model.keras when validation improves."""
+
+    def __init__(self, run_dir: Path, state: dict, verbose: int):
+        super().__init__()
+        self.run_dir, self.state, self.verbose = run_dir, state, verbose
+        self._t0 = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        row = {"epoch": epoch + 1, **logs, "seconds": round(time.time() - self._t0, 2)}
+        history = [h for h in self.state["history"] if h["epoch"] <= epoch] + [row]
+        val_acc = logs.get("val_accuracy", -1.0)
+        improved = val_acc > self.state["best_val_accuracy"]
+        if improved:
+            _save_model(self.model, self.run_dir / "model.keras")
+        _save_model(self.model, self.run_dir / "last.keras")
+        self.state.update(epoch=epoch + 1, history=history,
+                          best_val_accuracy=max(val_acc, self.state["best_val_accuracy"]))
+        write_json_atomic(self.run_dir / "state.json", self.state)
+        write_json_atomic(self.run_dir / "history.json", history)
+        _write_history_csv(self.run_dir / "history.csv", history)
+        plot_history(history, self.run_dir / "curves.png")
+
+
+def _save_model(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+def _write_history_csv(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)] + [",".join(f"{row.get(k, '')}" for k in keys) for row in history]
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            values = [h.get(prefix + metric) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=(prefix or "train_") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _say(verbose: int, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "plot_history", "to_jsonable"]

@@ -1,0 +1,209 @@
+"""Tests for edgeres.metadata: embedding TFLite Model Metadata (labels etc.)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+import edgeres.metadata as md  # noqa: E402
+from edgeres.metadata import embed_metadata, read_labels, read_metadata  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["cats", "dogs"]
+SIZE = 32
+
+
+def _embed(model: bytes, **overrides) -> bytes:
+    kwargs = dict(labels=LABELS, name="tiny", description="tiny cats vs dogs", input_size=SIZE,
+                  mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], version="1.2.3")
+    kwargs.update(overrides)
+    return embed_metadata(model, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, bytes]:
+    """A tiny float32 classifier and its full-integer (uint8 I/O) version."""
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+
+    float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(8):
+            yield [rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8
+    conv.inference_output_type = tf.uint8
+    int8_model = conv.convert()
+    return {"float32": float_model, "int8": int8_model}
+
+
+def _run(model: bytes, x: np.ndarray) -> np.ndarray:
+    interp = Interpreter(model_content=model)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interp.invoke()
+    return interp.get_tensor(out["index"]).copy()
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_embedded_model_runs_identically(models, kind):
+    plain = models[kind]
+    embedded = _embed(plain)
+    assert len(embedded) > len(plain)
+    x = np.random.default_rng(1).integers(0, 256, (1, SIZE, SIZE, 3))
+    expected, got = _run(plain, x), _run(embedded, x)
+    assert got.dtype == (np.uint8 if kind == "int8" else np.float32)
+    assert got.shape == (1, len(LABELS))
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_round_trip(models, kind, tmp_path):
+    extra = json.dumps({"arch": "tiny", "kind": kind})
+    path = tmp_path / "model.tflite"
+    path.write_bytes(_embed(models[kind], extra_json=extra))
+
+    assert read_labels(path) == LABELS
+    assert read_labels(str(path)) == LABELS
+    meta = read_metadata(path)
+    assert meta is not None
+    assert meta["name"] == "tiny"
+    assert meta["description"] == "tiny cats vs dogs"
+    assert meta["version"] == "1.2.3"
+    assert meta["author"] == "edgeres"
+    assert meta["min_parser_version"] == "1.0.0"
+    assert meta["labels"] == LABELS
+    assert meta["labels_file"] == "labels.txt"
+    assert meta["mean"] == [0.0, 0.0, 0.0]
+    assert meta["std"] == [1.0, 1.0, 1.0]
+    assert meta["input_size"] == SIZE
+    assert meta["color_space"] == "RGB"
+    assert meta["input_tensor"] == "image" and meta["output_tensor"] == "score"
+    assert json.loads(meta["extra_json"]) == {"arch": "tiny", "kind": kind}
+    assert meta["associated_files"] == ["edgeres.json", "labels.txt"]
+
+
+def test_file_layout_matches_tflite_support(models):
+    """Flatbuffer first, TFLITE_METADATA entry -> M001 buffer, stored zip last."""
+    embedded = _embed(models["int8"], mean=[127.5], std=[127.5])
+    assert embedded[4:8] == b"TFL3"
+
+    model = tfl.Model.GetRootAs(embedded, 0)
+    entries = [model.Metadata(i) for i in range(model.MetadataLength())]
+    ours = [e for e in entries if e.Name() == b"TFLITE_METADATA"]
+    assert len(ours) == 1
+    metadata = model.Buffers(ours[0].Buffer()).DataAsNumpy().tobytes()
+    assert metadata[4:8] == b"M001"
+
+    with zipfile.ZipFile(io.BytesIO(embedded)) as zf:
+        infos = zf.infolist()
+        assert [i.filename for i in infos] == ["labels.txt"]
+        # MediaPipe refuses compressed associated files.
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        assert zf.read("labels.txt") == b"cats\ndogs"
+        # The zip starts right after the flatbuffer.
+        assert embedded[infos[0].header_offset:infos[0].header_offset + 4] == b"PK\x03\x04"
+
+    meta = read_metadata(embedded)
+    assert meta["mean"] == [127.5] and meta["std"] == [127.5]
+    assert meta["extra_json"] is None
+
+
+def test_weight_buffers_stay_16_byte_aligned(models):
+    embedded = _embed(models["float32"])
+    model = tfl.Model.GetRootAs(embedded, 0)
+    checked = 0
+    for i in range(model.BuffersLength()):
+        buf = model.Buffers(i)
+        if buf.DataLength():
+            start = buf._tab.Vector(buf._tab.Offset(4))
+            assert start % 16 == 0, f"buffer {i} data at offset {start}"
+            checked += 1
+    assert checked >= 3  # conv kernel, bias, dense kernel... and the metadata
+
+
+def test_reembedding_replaces_metadata(models):
+    once = _embed(models["int8"], extra_json="{}")
+    assert _embed(once, extra_json="{}") == once  # deterministic and idempotent
+
+    relabelled = _embed(once, labels=["cat", "dog"])
+    assert read_labels(relabelled) == ["cat", "dog"]
+    assert read_metadata(relabelled)["associated_files"] == ["labels.txt"]
+    model = tfl.Model.GetRootAs(relabelled, 0)
+    names = [model.Metadata(i).Name() for i in range(model.MetadataLength())]
+    assert names.count(b"TFLITE_METADATA") == 1
+    assert model.BuffersLength() == tfl.Model.GetRootAs(once, 0).BuffersLength()
+
+
+def test_model_without_metadata(models):
+    assert read_metadata(models["float32"]) is None
+    with pytest.raises(ValueError, match="labels.txt"):
+        read_labels(models["float32"])
+    with pytest.raises(ValueError, match="TFLite"):
+        read_metadata(b"not a model at all")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"labels": ["cats", "dogs", "birds"]}, "3 labels"),
+    ({"labels": ["cats", "do\ngs"]}, "invalid label"),
+    ({"labels": []}, "non-empty"),
+    ({"input_size": 64}, "input_size"),
+    ({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, "1 or 3"),
+    ({"mean": [0.0], "std": [1.0, 1.0, 1.0]}, "1 or 3"),
+    ({"std": [1.0, 0.0, 1.0]}, "non-zero"),
+])
+def test_invalid_arguments(models, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _embed(models["float32"], **overrides)
+
+
+def test_reading_needs_only_flatbuffers_and_stdlib(models, tmp_path):
+    """read_* must work with only numpy + flatbuffers + stdlib installed."""
+    model_path = tmp_path / "m.tflite"
+    model_path.write_bytes(_embed(models["int8"]))
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        BLOCKED = ("tensorflow", "ai_edge_litert", "mediapipe", "tflite_support", "keras")
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError("blocked " + name)
+        sys.meta_path.insert(0, Block())
+        spec = importlib.util.spec_from_file_location("metadata", {str(Path(md.__file__))!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.read_labels({str(model_path)!r}) == ["cats", "dogs"]
+        assert mod.read_metadata({str(model_path)!r})["name"] == "tiny"
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

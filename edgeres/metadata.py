@@ -22,7 +22,6 @@ import io
 import os
 import struct
 import zipfile
-from typing import Union
 
 import flatbuffers
 from flatbuffers import encode, packer
@@ -30,8 +29,8 @@ from flatbuffers.number_types import Int8Flags, Uint32Flags
 from flatbuffers.table import Table
 
 __all__ = [
-    "LABELS_FILE",
     "EXTRA_JSON_FILE",
+    "LABELS_FILE",
     "METADATA_NAME",
     "embed_metadata",
     "read_labels",
@@ -71,7 +70,7 @@ _OUTPUT_DESCRIPTION = "Score of the labels respectively."
 _LABELS_DESCRIPTION = "Labels for categories that the model can recognize."
 _EXTRA_JSON_DESCRIPTION = "edgeres export information (JSON)."
 
-ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+ModelSource = str | os.PathLike | bytes | bytearray | memoryview
 
 
 # --------------------------------------------------------------------------
@@ -231,7 +230,7 @@ class _AlignedBuilder(flatbuffers.Builder):
     re-packing a model would leave weight buffers unaligned.
     """
 
-    def StartVector(self, elemSize, numElems, alignment):  # noqa: N802,N803 - flatbuffers API
+    def StartVector(self, elemSize, numElems, alignment):
         if elemSize == 1:
             alignment = max(alignment, 16)
         return super().StartVector(elemSize, numElems, alignment)
@@ -487,14 +486,16 @@ def read_metadata(model_path_or_bytes: ModelSource) -> dict | None:
             content = _get_table(tensor, 3)
             if content is not None and _get_scalar(content, 0, Int8Flags) == _CONTENT_IMAGE_PROPERTIES:
                 props = _get_table(content, 1)
-                result["color_space"] = _COLOR_SPACES.get(_get_scalar(props, 0, Int8Flags), "UNKNOWN")
-                size = _get_table(props, 1)
-                if size is not None:
-                    result["input_size"] = _get_scalar(size, 0, Uint32Flags)
+                if props is not None:
+                    result["color_space"] = _COLOR_SPACES.get(_get_scalar(props, 0, Int8Flags), "UNKNOWN")
+                    size = _get_table(props, 1)
+                    if size is not None:
+                        result["input_size"] = _get_scalar(size, 0, Uint32Flags)
             for unit in _get_tables(tensor, 4):
                 if _get_scalar(unit, 0, Int8Flags) == _PROCESS_UNIT_NORMALIZATION_OPTIONS:
                     options = _get_table(unit, 1)
-                    result["mean"], result["std"] = _get_floats(options, 0), _get_floats(options, 1)
+                    if options is not None:
+                        result["mean"], result["std"] = _get_floats(options, 0), _get_floats(options, 1)
                     break
         if outputs:
             tensor = outputs[0]

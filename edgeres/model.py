@@ -164,3 +164,8 @@ def residual_block_v1(x, filters: int, stride: int, name: str):
     x = layers.BatchNormalization(epsilon=1.001e-5, name=name + "_3_bn")(x)
     x = layers.Add(name=name + "_add")([shortcut, x])
     return layers.Activation("relu", name=name + "_out")(x)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved edgeres classifier (this module registers its custom layer)."""
+    return keras.models.load_model(path)

@@ -37,7 +37,7 @@ from edgeres.config import (  # noqa: E402
     write_bytes_atomic,
     write_json_atomic,
 )
-from edgeres.model import build_classifier, unfreeze_top  # noqa: E402
+from edgeres.model import build_classifier, load_model, unfreeze_top  # noqa: E402
 
 
 class RunExistsError(FileExistsError):
@@ -107,7 +107,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     try:
         with strategy.scope():
             if state["epoch"] > 0:
-                model = keras.models.load_model(run_dir / "last.keras")
+                model = load_model(run_dir / "last.keras")
                 _say(verbose, f"Resuming {run_dir} after epoch {state['epoch']} of {total_epochs}.")
             else:
                 model = build_classifier(config.arch, len(dataset.classes), config.image_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,11 +16,11 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert import schema_py_generated as tfl
+from ai_edge_litert.interpreter import Interpreter
 
-import edgeres.metadata as md  # noqa: E402
-from edgeres.metadata import embed_metadata, read_labels, read_metadata  # noqa: E402
+import edgeres.metadata as md
+from edgeres.metadata import embed_metadata, read_labels, read_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,8 @@ SIZE = 32
 
 
 def _embed(model: bytes, **overrides) -> bytes:
-    kwargs = dict(labels=LABELS, name="tiny", description="tiny cats vs dogs", input_size=SIZE,
-                  mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], version="1.2.3")
+    kwargs = {"labels": LABELS, "name": "tiny", "description": "tiny cats vs dogs", "input_size": SIZE,
+              "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "version": "1.2.3"}
     kwargs.update(overrides)
     return embed_metadata(model, **kwargs)
 
@@ -204,6 +205,33 @@ def test_reading_needs_only_flatbuffers_and_stdlib(models, tmp_path):
         assert mod.read_metadata({str(model_path)!r})["name"] == "tiny"
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not os.environ.get("EDGERES_MEDIAPIPE_PYTHON"),
+                    reason="set EDGERES_MEDIAPIPE_PYTHON to a python with mediapipe installed")
+def test_mediapipe_image_classifier_reads_labels(models, tmp_path):
+    """MediaPipe Tasks ImageClassifier returns our category names (separate venv)."""
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(image)
+    script = Path(__file__).resolve().parents[1] / "examples" / "mediapipe_classifier.py"
+
+    def classify(model: bytes) -> subprocess.CompletedProcess:
+        path = tmp_path / "m.tflite"
+        path.write_bytes(model)
+        return subprocess.run([os.environ["EDGERES_MEDIAPIPE_PYTHON"], str(script), str(path), str(image)],
+                              check=False, capture_output=True, text=True, timeout=120)
+
+    for kind in ("int8", "float32"):
+        proc = classify(_embed(models[kind]))
+        assert proc.returncode == 0, proc.stderr
+        rows = [line.split("\t") for line in proc.stdout.splitlines()]
+        assert sorted(name for _, name, _ in rows) == LABELS
+        assert abs(sum(float(score) for *_, score in rows) - 1.0) < 0.02
+
+    assert classify(models["int8"]).returncode == 1  # runs, but categories have no names
+    assert classify(models["float32"]).returncode == 2  # float input needs NormalizationOptions

@@ -1,0 +1,220 @@
+"""``edgeres evaluate``: accuracy of one or more ``.tflite`` models on a labelled folder, and
+how far they agree. Every model sees byte-identical input pixels. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeres.data import DataError, find_layout
+from edgeres.preprocess import ImageError, decode, to_pixels
+from edgeres.runtime import Classifier
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    path: str
+    backend: str
+    n: int
+    correct: int
+    ci95: tuple[float, float]
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    misclassified: list[dict] = field(repr=False)
+    mean_latency_ms: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    classes: tuple[str, ...]
+    models: tuple[ModelEvaluation, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    # Between the first model and each other one (the reference is usually the float model).
+    agreement: dict[str, float] = field(default_factory=dict)
+    mean_abs_prob_diff: dict[str, float] = field(default_factory=dict)
+    disagreements: dict[str, list[dict]] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        models = [{"path": m.path, "backend": m.backend, "n": m.n, "accuracy": m.accuracy,
+                   "ci95": list(m.ci95), "per_class": m.per_class, "confusion": m.confusion,
+                   "mean_latency_ms": m.mean_latency_ms, "misclassified": m.misclassified}
+                  for m in self.models]
+        # `agreement` is a number when two models were compared (the common case), else a map.
+        agreement = next(iter(self.agreement.values())) if len(self.agreement) == 1 else (self.agreement or None)
+        return {"classes": list(self.classes), "models": models, "agreement": agreement,
+                "agreement_by_model": self.agreement, "mean_abs_prob_diff": self.mean_abs_prob_diff,
+                "disagreements": self.disagreements,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+    def save_report(self, out_dir: str | Path) -> Path:
+        """report.json, misclassified.csv, disagreements.csv and a confusion-matrix PNG per model."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        with open(out / "misclassified.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "path", "true", "predicted", "score"])
+            for m in self.models:
+                for row in m.misclassified:
+                    w.writerow([m.path, row["path"], row["true"], row["predicted"], row["score"]])
+        with open(out / "disagreements.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "path", "reference_label", "model_label"])
+            for name, rows in self.disagreements.items():
+                for row in rows:
+                    w.writerow([name, row["path"], row["reference"], row["other"]])
+        try:
+            for i, m in enumerate(self.models):
+                plot_confusion(m, self.classes, out / f"confusion_{i}_{Path(m.path).stem}.png")
+        except ImportError:
+            (out / "README.txt").write_text("Install matplotlib for confusion-matrix PNGs.\n")
+        return out
+
+
+def labelled_images(root: str | Path, split: str = "validation") -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """``(classes, [(path, label)])`` of a split layout's ``split``, or of every image of a flat one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+    classes, splits = find_layout(root)
+    per_class = splits.get(split) or splits.get("all") or {}
+    items = [(p, i) for i, c in enumerate(classes) for p in per_class.get(c, [])]
+    if not items:
+        raise DataError(f"No images found under {root} (looked for {root}/{split}/<class>/*.jpg and {root}/<class>/*.jpg).")
+    return classes, items
+
+
+def evaluate(
+    models: list[str | Path | Classifier],
+    data: str | Path,
+    *,
+    split: str = "validation",
+    threads: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate ``models`` on the ``split`` of the dataset at ``data``."""
+    classes, items = labelled_images(data, split)
+    if limit:
+        items = items[:: max(1, len(items) // limit)][:limit]
+    classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads) for m in models]
+    return compare(classifiers, items, classes, progress=progress)
+
+
+def compare(
+    classifiers: list[Classifier],
+    items: list[tuple[Path, int]],
+    classes: tuple[str, ...],
+    *,
+    progress: bool = False,
+) -> Evaluation:
+    """Run every classifier on every image (decoded once), and compare them."""
+    mapping = [_label_map(c, classes) for c in classifiers]
+    preds = [[] for _ in classifiers]
+    probs = [[] for _ in classifiers]
+    lat = [[] for _ in classifiers]
+    kept, skipped = [], []
+    iterator = items
+    if progress:
+        from rich.progress import track
+
+        iterator = track(items, description=f"Evaluating {len(classifiers)} model(s)", transient=True)
+    for path, label in iterator:
+        try:
+            image = decode(path)
+        except ImageError as e:
+            skipped.append((str(path), str(e).split(": ", 1)[-1]))
+            continue
+        kept.append((path, label))
+        pixels = {}
+        for k, clf in enumerate(classifiers):
+            if clf.input_size not in pixels:
+                pixels[clf.input_size] = to_pixels(image, clf.input_size)
+            p = clf.predict_pixels(pixels[clf.input_size])
+            preds[k].append(mapping[k][p.index])
+            probs[k].append(p.probabilities)
+            lat[k].append(p.latency_ms)
+    if not kept:
+        raise DataError("None of the images could be decoded; nothing to evaluate.")
+    truth = np.array([label for _, label in kept])
+    paths = [str(p) for p, _ in kept]
+    results, agreement, diff, disagreements = [], {}, {}, {}
+    for k, clf in enumerate(classifiers):
+        pred = np.array(preds[k])
+        results.append(_score(str(clf.path), clf.backend, truth, pred, probs[k], paths, classes, lat[k]))
+        if k > 0:
+            key = str(clf.path)
+            ref = np.array(preds[0])
+            agreement[key] = float(np.mean(ref == pred))
+            if len(probs[0][0]) == len(probs[k][0]):
+                diff[key] = float(np.mean(np.abs(np.array(probs[0]) - np.array(probs[k]))))
+            disagreements[key] = [{"path": paths[i], "reference": classes[ref[i]], "other": classes[pred[i]]}
+                                  for i in np.flatnonzero(ref != pred)]
+    return Evaluation(tuple(classes), tuple(results), tuple(skipped), agreement, diff, disagreements)
+
+
+def _label_map(clf: Classifier, classes: tuple[str, ...]) -> list[int]:
+    """Model output index -> dataset class index, by name; by position when names are generic."""
+    if set(clf.labels) == set(classes):
+        return [classes.index(label) for label in clf.labels]
+    if len(clf.labels) != len(classes):
+        raise DataError(f"{clf.path} predicts {len(clf.labels)} classes ({', '.join(clf.labels)}) but the "
+                        f"dataset has {len(classes)} ({', '.join(classes)}).")
+    return list(range(len(classes)))
+
+
+def _score(path, backend, truth, pred, probs, paths, classes, latencies) -> ModelEvaluation:
+    n, correct = len(truth), int(np.sum(truth == pred))
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(confusion, (truth, pred), 1)
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp = confusion[i, i]
+        per_class[c] = {"precision": float(tp / max(1, confusion[:, i].sum())),
+                        "recall": float(tp / max(1, confusion[i].sum())),
+                        "support": int(confusion[i].sum())}
+    wrong = [{"path": paths[i], "true": classes[truth[i]], "predicted": classes[pred[i]],
+              "score": round(float(np.max(probs[i])), 4)} for i in np.flatnonzero(truth != pred)]
+    return ModelEvaluation(path, backend, n, correct, wilson_interval(correct, n), per_class,
+                           confusion.tolist(), wrong, float(np.mean(latencies)))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sane at 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def plot_confusion(m: ModelEvaluation, classes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(m.confusion)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title(f"{Path(m.path).name}: {m.accuracy:.1%} of {m.n}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,480 @@
+"""``edgeres export``: a trained run -> a self-verifying bundle of ``.tflite`` models.
+
+    export/<name>/model_int8.tflite      full-integer int8, uint8 pixels in, uint8 scores out
+                  model_float32.tflite   (and model_float16 / model_dynamic on request)
+                  edgeres.json           labels, input, quantization, calibration hash, versions,
+                                         verification numbers, pass/fail
+                  labels.txt, calibration.txt
+                  layer_errors.csv/.png  per-layer int8 error (TF's QuantizationDebugger)
+
+Labels and the same facts are embedded in every ``.tflite`` as TFLite Model Metadata, so
+MediaPipe's ImageClassifier reports category names. The bundle is built in a temporary
+directory and renamed into place when whole: a Ctrl-C leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from edgeres import calibrate as calib  # noqa: E402
+from edgeres import data as data_lib  # noqa: E402
+from edgeres.config import versions, write_bytes_atomic, write_json_atomic  # noqa: E402
+from edgeres.metadata import embed_metadata  # noqa: E402
+from edgeres.preprocess import load_pixels  # noqa: E402
+
+TFLITE_FLOAT32, TFLITE_UINT8 = 0, 3  # TensorType values in the TFLite schema
+
+
+class Format(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"  # float16 weights, float32 compute on CPU; halves the file
+    DYNAMIC = "dynamic"  # int8 weights, float activations: no calibration needed
+    INT8 = "int8"  # full integer: int8 weights and activations, uint8 I/O
+
+
+# What each format is and takes (Ultralytics-style table; `edgeres export --help` prints it).
+FORMATS = {
+    Format.FLOAT32: "reference; float32 input 0..255",
+    Format.FLOAT16: "float16 weights; float32 input 0..255",
+    Format.DYNAMIC: "int8 weights, float activations; float32 input 0..255",
+    Format.INT8: "full integer; uint8 pixels in, uint8 scores out; needs calibration",
+}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class QuantizationCheckFailed(ExportError):
+    """int8 accuracy fell more than ``max_drop`` points below float; the bundle is marked failing."""
+
+    def __init__(self, report: "ExportReport"):
+        v = report.verification
+        super().__init__(
+            f"int8 accuracy {v['int8']['accuracy']:.2%} is {v['accuracy_drop_pp']:.2f} pp below float32 "
+            f"{v['float32']['accuracy']:.2%} (allowed: {report.max_drop:.2f} pp). Bundle {report.bundle} "
+            f"is marked failing. Try more calibration images, or keep the worst layers in float "
+            f"(--float-layers, see layer_errors.csv)."
+        )
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    bundle: Path
+    formats: tuple[str, ...]
+    files: dict[str, dict]
+    verification: dict
+    passed: bool
+    max_drop: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    worst_layers: list[dict] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
+        for fmt, info in self.files.items():
+            acc = self.verification.get(fmt, {}).get("accuracy")
+            lines.append(f"  {info['file']:<24} {info['bytes'] / 1e6:8.2f} MB"
+                         + (f"   accuracy {acc:.2%}" if acc is not None else ""))
+        v = self.verification
+        if "agreement" in v:
+            lines.append(f"  int8 vs float32: agreement {v['agreement']:.2%}, accuracy drop "
+                         f"{v['accuracy_drop_pp']:+.2f} pp, mean |dp| {v['mean_abs_prob_diff']:.4f}, "
+                         f"size ratio {v['size_ratio']:.3f}  (n={v['n']})")
+        return "\n".join(lines)
+
+
+def export(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    formats: tuple[Format | str, ...] = (Format.INT8, Format.FLOAT32),
+    data: str | Path | None = None,
+    calibration: str | Path | None = None,
+    calibration_size: int = calib.RECOMMENDED_SIZE,
+    max_drop: float = 1.0,
+    float_layers: tuple[str, ...] = (),
+    force: bool = False,
+    verify_limit: int | None = None,
+    layer_report: bool = True,
+    seed: int = 0,
+    threads: int | None = None,
+    log=print,
+) -> ExportReport:
+    """Convert ``run_dir/model.keras``, verify with LiteRT on the validation split, write a bundle.
+
+    Raises :class:`QuantizationCheckFailed` (after writing the bundle, marked failing) when int8
+    accuracy is more than ``max_drop`` percentage points below float32.
+    """
+    from edgeres.model import load_model
+
+    run_dir = Path(run_dir)
+    formats = tuple(dict.fromkeys(Format(f) for f in formats))
+    run = _load_run(run_dir)
+    out = Path(out) if out is not None else Path("export") / run_dir.name
+    if out.exists() and not force:
+        raise FileExistsError(f"Bundle {out} already exists. Pass --force to replace it, or choose another --out.")
+    labels, size = run["labels"], run["train"]["image_size"]
+    arch = run["train"]["arch"]
+    timings = {}
+
+    t = time.perf_counter()
+    model = load_model(run_dir / "model.keras")
+    root = data_lib.resolve_data_dir(data or os.environ.get(data_lib.DATA_ENV) or run.get("data_root"))
+    dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),
+                            seed=run["train"].get("seed", 0), progress=False)
+    if tuple(dataset.classes) != tuple(labels):
+        raise ExportError(f"The dataset at {root} has classes {dataset.classes}, the run was trained on {labels}.")
+    timings["load"] = time.perf_counter() - t
+
+    calibration_set = None
+    if Format.INT8 in formats:
+        calibration_set = calib.load(calibration, root) if calibration else calib.draw(dataset, calibration_size, seed=seed)
+        log(f"Calibration: {len(calibration_set.entries)} images {calibration_set.class_counts()} "
+            f"(manifest sha256 {calibration_set.sha256[:12]})")
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        files = {}
+        for fmt in formats:
+            t = time.perf_counter()
+            model_bytes = convert(model, fmt, calibration_set, size, float_layers=float_layers)
+            timings[f"convert_{fmt.value}"] = time.perf_counter() - t
+            if fmt is Format.INT8:
+                offenders = float_tensors(model_bytes)
+                if offenders and not float_layers:
+                    raise ExportError(f"int8 model still has {len(offenders)} float tensor(s), e.g. "
+                                      f"{offenders[:3]}: full-integer quantization failed.")
+            files[fmt.value] = {"file": f"model_{fmt.value}.tflite", "raw": model_bytes}
+            log(f"Converted {fmt.value} in {timings[f'convert_{fmt.value}']:.1f} s ({len(model_bytes) / 1e6:.2f} MB)")
+
+        meta = {
+            "name": out.name, "labels": list(labels), "arch": arch,
+            "input": {"size": [size, size], "layout": "NHWC", "channels": "RGB",
+                      "resize": "whole image, bilinear (edgeres.preprocess.to_pixels)",
+                      "normalization": "inside the graph: feed raw pixels"},
+            "run": {"path": str(run_dir.resolve()), "dataset_sha256": run.get("dataset_sha256"),
+                    "train": run["train"]},
+            "calibration": None if calibration_set is None else {
+                "file": "calibration.txt", "sha256": calibration_set.sha256, "images": len(calibration_set.entries),
+                "per_class": calibration_set.class_counts(), "seed": calibration_set.seed,
+                "float_layers": list(float_layers)},
+            "versions": versions(),
+        }
+        if calibration_set is not None:
+            calibration_set.save(tmp / "calibration.txt")
+        write_bytes_atomic(tmp / "labels.txt", "".join(label + "\n" for label in labels).encode())
+        _write_models(tmp, files, meta, labels, size)
+
+        t = time.perf_counter()
+        verification = verify(tmp, files, dataset, limit=verify_limit, threads=threads)
+        timings["verify"] = time.perf_counter() - t
+        passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
+        worst = []
+        if layer_report and calibration_set is not None:
+            t = time.perf_counter()
+            worst = layer_error_report(model, calibration_set, size, tmp)
+            timings["layer_report"] = time.perf_counter() - t
+
+        meta.update(models={k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in files.items()},
+                    verification=verification, max_drop_pp=max_drop,
+                    status="passed" if passed else "failed", worst_layers=worst[:10],
+                    seconds={k: round(v, 2) for k, v in timings.items()})
+        # The measured numbers go inside each .tflite too, then into edgeres.json beside them.
+        _write_models(tmp, files, meta, labels, size)
+        write_json_atomic(tmp / "edgeres.json", meta)
+        if not passed:
+            (tmp / "FAILED").write_text(f"int8 accuracy dropped {verification['accuracy_drop_pp']:.2f} pp "
+                                        f"(allowed {max_drop:.2f}). See edgeres.json.\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
+                          meta["seconds"], worst)
+    if not passed:
+        raise QuantizationCheckFailed(report)
+    return report
+
+
+def _load_run(run_dir: Path) -> dict:
+    config = run_dir / "config.json"
+    if not (run_dir / "model.keras").is_file() or not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a finished edgeres run (needs model.keras and config.json). "
+                                f"Train one with: edgeres train --out {run_dir}")
+    return json.loads(config.read_text())
+
+
+def _write_models(tmp: Path, files: dict, meta: dict, labels, size: int) -> None:
+    extra = json.dumps({k: v for k, v in meta.items() if k != "run"}, default=str)
+    for fmt, info in files.items():
+        blob = embed_metadata(
+            info["raw"], labels=list(labels), name=f"{meta['name']} ({fmt})",
+            description=f"edgeres {meta['arch']} image classifier, {fmt}. Input: RGB pixels "
+                        f"{size}x{size}, 0..255, normalisation inside the graph.",
+            input_size=size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+            version=meta["versions"].get("edgeres", ""), extra_json=extra)
+        write_bytes_atomic(tmp / info["file"], blob)
+        info["bytes"] = len(blob)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+# -- conversion ----------------------------------------------------------------------
+
+
+def representative_dataset(calibration_set: calib.CalibrationSet, size: int, limit: int | None = None):
+    """Calibration images exactly as the runtime sees them, as float32 ``[1, S, S, 3]``."""
+    paths = calibration_set.paths[:limit] if limit else calibration_set.paths
+
+    def gen():
+        for p in paths:
+            yield [load_pixels(p, size)[None].astype(np.float32)]
+
+    return gen
+
+
+def _converter(model, fmt: Format, calibration_set, size: int):
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if fmt is Format.FLOAT16:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif fmt is Format.DYNAMIC:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt is Format.INT8:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]  # per-channel weights by default
+        conv.representative_dataset = representative_dataset(calibration_set, size)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.uint8
+    return conv
+
+
+def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_layers=()) -> bytes:
+    """Convert a Keras classifier to ``.tflite`` bytes in ``fmt``."""
+    fmt = Format(fmt)
+    if fmt is Format.INT8 and calibration_set is None:
+        raise ExportError("int8 export needs a calibration set.")
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        if fmt is Format.INT8 and float_layers:
+            return _selective_int8(model, calibration_set, size, float_layers)
+        return _converter(model, fmt, calibration_set, size).convert()
+
+
+def _selective_int8(model, calibration_set, size, float_layers) -> bytes:
+    """int8 everywhere except the ops whose tensor names contain one of ``float_layers``."""
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.lite.python import _pywrap_modify_model_interface as mmi
+
+    conv = _converter(model, Format.INT8, calibration_set, size)
+    nodes = [name for name in _tensor_names(model, conv, calibration_set, size)
+             if any(layer in name for layer in float_layers)]
+    if not nodes:
+        raise ExportError(f"--float-layers {', '.join(float_layers)} matched no layer; "
+                          f"use names from layer_errors.csv (e.g. conv5_block3_3_conv).")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=representative_dataset(calibration_set, size, 16), debug_options=options)
+    blob = debugger.get_nondebug_quantized_model()
+    # The debugger leaves float I/O; give the model the same uint8 interface as full int8.
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d, "in.tflite"), Path(d, "out.tflite")
+        src.write_bytes(blob)
+        if mmi.modify_model_interface(str(src), str(dst), TFLITE_UINT8, TFLITE_UINT8) != 0:
+            raise ExportError("Could not give the partly-float model uint8 I/O: keep a layer that is not "
+                              "the first or last in float.")
+        return dst.read_bytes()
+
+
+def _tensor_names(model, conv, calibration_set, size) -> list[str]:
+    import tensorflow as tf
+
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=representative_dataset(calibration_set, size, 2))
+    return [d["name"] for d in debugger._quant_interpreter.get_tensor_details()]  # noqa: SLF001
+
+
+class _quiet:
+    """Silence the converter's fd-level chatter (MLIR dumps) unless EDGERES_VERBOSE is set."""
+
+    def __enter__(self):
+        if os.environ.get("EDGERES_VERBOSE"):
+            self.saved = None
+            return self
+        self.saved = os.dup(1), os.dup(2)
+        self.null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.null, 1)
+        os.dup2(self.null, 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved:
+            os.dup2(self.saved[0], 1)
+            os.dup2(self.saved[1], 2)
+            for fd in (*self.saved, self.null):
+                os.close(fd)
+
+
+def float_tensors(model_bytes: bytes) -> list[str]:
+    """``op:tensor`` for every float32 tensor an operator reads or writes (empty: all integer)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    found = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            for t in [*op.InputsAsNumpy(), *op.OutputsAsNumpy()]:
+                if t >= 0 and graph.Tensors(t).Type() == TFLITE_FLOAT32:
+                    found.append(f"{name}:{graph.Tensors(t).Name().decode()}")
+    return found
+
+
+# -- verification ----------------------------------------------------------------------
+
+
+def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None = None,
+           threads: int | None = None) -> dict:
+    """Each exported model through LiteRT on the validation split; int8 against float32."""
+    from edgeres.evaluate import compare
+    from edgeres.runtime import Classifier
+
+    items = [(s.path, s.label) for s in dataset.validation.samples]
+    if limit:
+        items = items[:: max(1, len(items) // limit)][:limit]
+    order = sorted(files, key=lambda f: f != "float32")  # float32 first: the reference
+    classifiers = [Classifier(bundle / files[f]["file"], threads=threads, accelerator="cpu") for f in order]
+    ev = compare(classifiers, items, tuple(dataset.classes))
+    out = {"n": ev.models[0].n, "split": "validation"}
+    for fmt, m in zip(order, ev.models):
+        out[fmt] = {"accuracy": m.accuracy, "ci95": list(m.ci95), "bytes": files[fmt]["bytes"],
+                    "mean_latency_ms": round(m.mean_latency_ms, 3)}
+    if "float32" in files and "int8" in files:
+        key = str(classifiers[order.index("int8")].path)
+        out.update(
+            agreement=ev.agreement[key],
+            mean_abs_prob_diff=ev.mean_abs_prob_diff[key],
+            accuracy_drop_pp=100 * (out["float32"]["accuracy"] - out["int8"]["accuracy"]),
+            size_ratio=files["int8"]["bytes"] / files["float32"]["bytes"],
+            disagreements=[d["path"] for d in ev.disagreements[key]][:50],
+        )
+    return out
+
+
+# -- per-layer error ---------------------------------------------------------------------
+
+
+def layer_error_report(model, calibration_set, size: int, out_dir: Path, images: int = 16) -> list[dict]:
+    """Per-layer int8 error from TF's QuantizationDebugger, named by Keras layer; CSV + PNG.
+
+    The metric is RMSE / scale: the error in units of one quantization step (0.29 is the
+    ideal rounding error of a uniform quantizer), so layers are comparable whatever their range.
+    """
+    import tensorflow as tf
+
+    conv = _converter(model, Format.INT8, calibration_set, size)
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=representative_dataset(calibration_set, size, images))
+        debugger.run()
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    layer_names = sorted({layer.name for layer in _all_layers(model)}, key=len, reverse=True)
+    rows = []
+    import csv
+
+    for row in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(row["scale"]) or 1.0
+        rows.append({
+            "layer": _keras_name(row["tensor_name"], layer_names),
+            "op": row["op_name"],
+            "rmse_over_scale": float(np.sqrt(float(row["mean_squared_error"])) / scale),
+            "max_abs_error": float(row["max_abs_error"]),
+            "scale": scale,
+            "tensor": row["tensor_name"],
+        })
+    with open(out_dir / "layer_errors.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["layer"])
+        w.writeheader()
+        w.writerows(rows)
+    _plot_layer_errors(rows, out_dir / "layer_errors.png")
+    return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _keras_name(tensor_name: str, layer_names: list[str]) -> str:
+    # Tensor names look like "edgeres_resnet50_1/resnet50_1/conv2_block1_1_conv_1/convolution";
+    # a fused op lists several (conv;bn;relu) separated by ';': name it after its conv/dense layer.
+    matches = []
+    for part in tensor_name.split(";"):
+        for name in layer_names:
+            if f"/{name}/" in part or f"/{name}_1/" in part or part.endswith(f"/{name}"):
+                matches.append(name)
+                break
+    for name in matches:
+        if name.endswith("_conv") or name == "logits":
+            return name
+    return matches[0] if matches else tensor_name.split(";")[-1]
+
+
+def _plot_layer_errors(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    values = [r["rmse_over_scale"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.12), 4))
+    ax.bar(range(len(values)), values, color=["tab:red" if v > 0.5 else "tab:blue" for v in values])
+    ax.axhline(0.29, color="gray", ls="--", lw=1, label="ideal rounding error (0.29)")
+    worst = sorted(range(len(values)), key=lambda i: -values[i])[:5]
+    for i in worst:
+        ax.annotate(rows[i]["layer"], (i, values[i]), rotation=60, fontsize=7, ha="left", va="bottom")
+    ax.set_xlabel("layer (graph order)")
+    ax.set_ylabel("RMSE / quantization step")
+    ax.set_title("int8 error per layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

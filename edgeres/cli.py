@@ -1,0 +1,375 @@
+"""The ``edgeres`` command line: each command parses, calls one library function, prints.
+
+Heavy imports (TensorFlow, OpenCV) happen inside the commands that need them, so the
+runtime commands (predict, evaluate, bench, camera) start in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Folder of labelled photos -> ResNet-50 -> faithful int8 .tflite -> LiteRT on the edge.\n\n"
+         "Typical flow: edgeres train --data DIR --out runs/NAME; edgeres export runs/NAME --int8; "
+         "edgeres evaluate export/NAME/model_float32.tflite export/NAME/model_int8.tflite --data DIR.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Errors a user can fix: printed as one line, no traceback.
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from edgeres.calibrate import CalibrationError
+    from edgeres.data import DataError
+    from edgeres.preprocess import ImageError
+    from edgeres.runtime import AcceleratorError, ModelError
+
+    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
+              FileExistsError, FileNotFoundError]
+    for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
+                         ("edgeres.camera", "CameraError")):
+        mod = sys.modules.get(module)  # only modules already imported can have raised
+        if mod is not None and hasattr(mod, name):
+            errors.append(getattr(mod, name))
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _friendly_errors():
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(130)
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        raise
+
+
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores; LiteRT's own default is 1).")]
+AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto | cpu | gpu. gpu uses LiteRT's GPU accelerator; when it is unavailable edgeres says why and runs on CPU.")]
+DelegateOpt = Annotated[Optional[Path], typer.Option("--delegate", help="External delegate library (.so), e.g. a TFLite GPU or Edge TPU delegate.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail instead of falling back to CPU when the accelerator or delegate is unavailable.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+# -- train -------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset: ROOT/train/<class>/* + ROOT/validation/<class>/*, or ROOT/<class>/*. Default: $EDGERES_DATA, then the cats_and_dogs_filtered download.")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory (never overwritten; see --resume).")] = Path("runs/cats-dogs"),
+    epochs: Annotated[int, typer.Option(help="Epochs (of the frozen phase when --freeze-backbone).")] = 10,
+    image_size: Annotated[int, typer.Option(help="Square input size, a multiple of 32. 224 is ResNet's own; 128 trains ~3x faster on CPU.")] = 224,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (split across GPUs).")] = 32,
+    arch: Annotated[str, typer.Option(help="resnet50 | resnet50v2 | resnet-tiny (a small ResNet for smoke tests).")] = "resnet50",
+    weights: Annotated[str, typer.Option(help="imagenet (Keras download cache) | none (from scratch) | PATH to a Keras *_notop.h5 file.")] = "none",
+    learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).")] = 1e-3,
+    freeze_backbone: Annotated[bool, typer.Option(help="Train only the head on a frozen backbone (feature extraction; pair with --weights imagenet).")] = False,
+    fine_tune_epochs: Annotated[int, typer.Option(help="After the frozen phase, epochs with the top ResNet stage unfrozen at 1/10 the learning rate.")] = 0,
+    max_per_class: Annotated[Optional[int], typer.Option(help="Use at most N train images per class (validation: N/2): quick runs.")] = None,
+    precision: Annotated[str, typer.Option(help="auto (mixed_float16 on GPU, float32 on CPU) | mixed | float32.")] = "auto",
+    xla: Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA jit_compile (default: on with a GPU, off on CPU).")] = None,
+    strategy: Annotated[str, typer.Option(help="auto | default | mirrored | multi-worker. auto: multi-worker when TF_CONFIG is set, mirrored over >1 GPU.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for splits, shuffling, augmentation and init.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill).")] = False,
+):
+    """Train a ResNet-50 (v1 or v2) classifier on a folder of labelled photos.
+
+    Checks every image first (bad files are skipped and listed in RUN/skipped.txt), checkpoints
+    every epoch, keeps the best-on-validation model as RUN/model.keras, and plots RUN/curves.png.
+
+    Example: edgeres train --data ../shared/data/cats_and_dogs_filtered --out runs/cats-dogs --epochs 3 --image-size 128
+    """
+    with _friendly_errors():
+        from edgeres.config import Precision, StrategyKind, TrainConfig
+        from edgeres.train import train as train_run
+
+        config = TrainConfig(
+            data=str(data) if data else None, out=str(out), arch=arch, weights=weights, image_size=image_size,
+            batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, seed=seed,
+            freeze_backbone=freeze_backbone, fine_tune_epochs=fine_tune_epochs, max_per_class=max_per_class,
+            precision=Precision(precision), jit_compile=xla, strategy=StrategyKind(strategy),
+        )
+        result = train_run(config, resume=resume)
+        typer.echo(f"Done: {result.epochs_done} epochs, best validation accuracy "
+                   f"{result.best_val_accuracy:.2%}. Model: {result.model_path}")
+        typer.echo(f"Next: edgeres export {result.run_dir} --int8")
+
+
+# -- calibrate / export --------------------------------------------------------------------
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Manifest to write, e.g. calibration/cats-dogs.txt.")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (default: $EDGERES_DATA).")] = None,
+    size: Annotated[int, typer.Option(help="Images to draw, stratified per class, from the train split.")] = 300,
+    seed: Annotated[int, typer.Option(help="Same seed, same manifest.")] = 0,
+):
+    """Draw a calibration manifest: N train images per class-stratified, seeded, with SHA-256s.
+
+    Use it with: edgeres export RUN --int8 --calibration FILE (hash mismatches are an error).
+    """
+    with _friendly_errors():
+        from edgeres import calibrate as calib
+        from edgeres.data import resolve_data_dir, scan
+
+        import warnings
+
+        root = resolve_data_dir(data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = calib.draw(scan(root), size, seed=seed)
+        for w in caught:
+            typer.secho(f"warning: {w.message}", fg="yellow", err=True)
+        manifest.save(out)
+        typer.echo(f"Wrote {out}: {len(manifest.entries)} images {manifest.class_counts()}, sha256 {manifest.sha256[:16]}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory (holds model.keras).", exists=True, file_okay=False)],
+    out: Annotated[Optional[Path], typer.Option(help="Bundle directory (default: export/<run name>).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Full-integer int8: uint8 pixels in, uint8 scores out; needs calibration.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights (half the size of float32).")] = False,
+    float32: Annotated[bool, typer.Option("--float32", help="float32 reference (always written with --int8, to verify against).")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic range: int8 weights, float activations.")] = False,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root for calibration and verification (default: the run's).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration manifest from `edgeres calibrate` (hashes are checked).")] = None,
+    calibration_size: Annotated[int, typer.Option(help="Without --calibration: images to draw (stratified, seeded).")] = 300,
+    max_drop: Annotated[float, typer.Option(help="Fail (exit 1, bundle marked FAILED) if int8 accuracy is more than PP points below float32.")] = 1.0,
+    float_layers: Annotated[Optional[str], typer.Option(help="Comma-separated Keras layer names to keep in float (trade speed for accuracy; see layer_errors.csv).")] = None,
+    verify_limit: Annotated[Optional[int], typer.Option(help="Verify on at most N validation images (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    layer_report: Annotated[bool, typer.Option(help="Per-layer int8 error report (layer_errors.csv/.png).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the calibration set.")] = 0,
+):
+    """Export a run to .tflite and verify it: int8 (default), float32, float16, dynamic range.
+
+    The bundle (export/<run>/) holds the models with labels embedded as TFLite metadata,
+    edgeres.json (labels, input, quantization, calibration hash, versions, measured accuracy),
+    the calibration manifest and a per-layer quantization error report. Verification runs every
+    model through LiteRT on the validation split: float vs int8 accuracy, agreement, size.
+
+    Example: edgeres export runs/cats-dogs --int8
+    """
+    with _friendly_errors():
+        import warnings
+
+        from edgeres.export import QuantizationCheckFailed, export
+
+        formats = [f for f, on in (("int8", int8), ("float32", float32), ("float16", fp16), ("dynamic", dynamic)) if on]
+        if not formats:
+            formats = ["int8"]
+        if "int8" in formats and "float32" not in formats:
+            formats.append("float32")  # the reference int8 is verified against
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                report = export(run_dir, out=out, formats=tuple(formats), data=data, calibration=calibration,
+                                calibration_size=calibration_size, max_drop=max_drop, force=force,
+                                float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
+                                verify_limit=verify_limit, layer_report=layer_report, seed=seed,
+                                log=lambda m: typer.echo(m, err=True))
+            except QuantizationCheckFailed as e:
+                typer.echo(e.report.summary())
+                typer.secho(f"error: {e}", fg="red", err=True)
+                raise typer.Exit(EXIT_FAILED)
+            finally:
+                for w in caught:
+                    if "calibration" in str(w.message):
+                        typer.secho(f"warning: {w.message}", fg="yellow", err=True)
+        typer.echo(report.summary())
+        if report.worst_layers:
+            worst = ", ".join(f"{r['layer']} ({r['rmse_over_scale']:.2f})" for r in report.worst_layers[:3])
+            typer.echo(f"  worst int8 layers (RMSE/step): {worst}; see {report.bundle}/layer_errors.png")
+
+
+# -- runtime commands ----------------------------------------------------------------------
+
+
+def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
+    from edgeres.preprocess import is_image_file
+
+    files, missing = [], []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if is_image_file(f))
+            if not found:
+                missing.append(f"{p}: folder has no images (JPEG, PNG, BMP, GIF, WebP, TIFF)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        elif any(c in p for c in "*?["):
+            found = sorted(Path(f) for f in glob.glob(p, recursive=True) if Path(f).is_file())
+            files += found or []
+            if not found:
+                missing.append(f"{p}: pattern matches no file")
+        else:
+            missing.append(f"{p}: no such file or directory")
+    return files, missing
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A .tflite file or an export bundle directory (uses its int8 model).")],
+    paths: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Show the K best classes.")] = 1,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    accelerator: AcceleratorOpt = "auto",
+    delegate: DelegateOpt = None,
+    strict: StrictOpt = False,
+):
+    """Classify images with an exported model through LiteRT (no TensorFlow needed).
+
+    Unreadable images are reported and skipped; the exit code is 1 if any failed.
+
+    Example: edgeres predict export/cats-dogs photo.jpg photos/ --top-k 2
+    """
+    with _friendly_errors():
+        from edgeres.preprocess import ImageError
+        from edgeres.runtime import Classifier
+
+        clf = Classifier(model, threads=threads, accelerator=accelerator, delegate=delegate, strict=strict)
+        files, problems = _expand(paths)
+        rows = []
+        for f in files:
+            try:
+                pred = clf.predict(f)
+            except ImageError as e:
+                problems.append(str(e))
+                continue
+            rows.append((f, pred))
+            if json_out:
+                record = {"path": str(f), **pred.to_dict()}
+                if top_k > 1:
+                    record["top_k"] = [{"label": lbl, "score": round(s, 6)} for lbl, s in pred.top_k(top_k, clf.labels)]
+                typer.echo(json.dumps(record))
+        if not json_out and rows:
+            _print_predictions(rows, clf, top_k)
+        for p in problems:
+            typer.secho(f"skipped: {p}", fg="yellow", err=True)
+        if problems or not rows:
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _print_predictions(rows, clf, top_k: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{clf.path.name} on {clf.backend}", title_justify="left")
+    table.add_column("image")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    if top_k > 1:
+        table.add_column(f"top {top_k}")
+    table.add_column("ms", justify="right")
+    for f, pred in rows:
+        cells = [str(f), pred.label, f"{pred.score:.3f}"]
+        if top_k > 1:
+            cells.append(", ".join(f"{lbl} {s:.2f}" for lbl, s in pred.top_k(top_k, clf.labels)))
+        table.add_row(*cells, f"{pred.latency_ms:.1f}")
+    Console().print(table)
+
+
+@app.command()
+def evaluate(
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
+    data: Annotated[Path, typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*.")],
+    split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
+    limit: Annotated[Optional[int], typer.Option(help="At most N images, spread over the classes.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
+):
+    """Accuracy (95% CI), per-class precision/recall and confusion of each model; agreement between them.
+
+    All models see byte-identical input pixels. Example (float vs int8):
+    edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
+    """
+    with _friendly_errors():
+        from edgeres.evaluate import evaluate as run_eval
+
+        ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out)
+        if report:
+            ev.save_report(report)
+        if json_out:
+            typer.echo(json.dumps(ev.to_dict()))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{data} ({split})", title_justify="left")
+        for col in ("model", "n", "accuracy", "95% CI", *[f"{c} P/R" for c in ev.classes], "ms"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for m in ev.models:
+            pr = [f"{m.per_class[c]['precision']:.2f}/{m.per_class[c]['recall']:.2f}" for c in ev.classes]
+            table.add_row(m.path, str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
+                          f"{m.mean_latency_ms:.1f}")
+        Console().print(table)
+        for other, agree in ev.agreement.items():
+            typer.echo(f"agreement with {ev.models[0].path}: {other} {agree:.2%} "
+                       f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}")
+        if ev.skipped:
+            typer.secho(f"skipped {len(ev.skipped)} unreadable image(s)", fg="yellow", err=True)
+        if report:
+            typer.echo(f"Report: {report}")
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; ratios are against the first.")],
+    threads: ThreadsOpt = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    accelerator: AcceleratorOpt = "cpu",
+    json_out: JsonOpt = False,
+):
+    """Latency (p50/p90/p99), throughput, load time and memory of each model, batch 1.
+
+    Example (the headline): edgeres bench export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --threads 2
+    """
+    with _friendly_errors():
+        from edgeres.bench import bench as run_bench
+        from edgeres.bench import ratios
+
+        results = run_bench(models, threads=threads, runs=runs, warmup=warmup, accelerator=accelerator)
+        speedups = ratios(results)
+        if json_out:
+            typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"batch 1, {results[0].threads} threads, {runs} runs", title_justify="left")
+        for col in ("model", "input", "backend", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "RSS MB", "vs first"):
+            table.add_column(col, justify="left" if col in ("model", "input", "backend") else "right")
+        for r in results:
+            table.add_row(Path(r.path).name, r.input, r.backend, f"{r.load_ms:.0f}", f"{r.p50_ms:.2f}",
+                          f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.rss_mb:.0f}",
+                          f"{speedups.get(r.path, 1.0):.2f}x")
+        Console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

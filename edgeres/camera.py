@@ -197,12 +197,13 @@ class FolderSource(Source):
 
 def open_source(source: str | int | Path | Source) -> Source:
     """Parse ``source`` (camera index, ``/dev/videoN``, URL, video file, image folder), open it."""
-    src = source if isinstance(source, Source) else _parse_source(source)
+    src = source if isinstance(source, Source) else parse_source(source)
     src.open()
     return src
 
 
-def _parse_source(spec: str | int | Path) -> Source:
+def parse_source(spec: str | int | Path) -> Source:
+    """The Source for a camera index, ``/dev/videoN``, URL, video file, image or image folder (not opened)."""
     text = str(spec).strip()
     if isinstance(spec, int) or text.isdigit():
         return VideoSource(int(text), SourceKind.DEVICE)
@@ -603,8 +604,9 @@ def run_camera(
 def _main_loop(out: "_Output", results: _Mailbox, inference: threading.Thread, paused: threading.Event,
                max_frames: int | None, display: bool) -> EndReason:
     while True:
-        item = results.get(0.005 if display else 0.1)
-        if item is None and not inference.is_alive():
+        # Paused: leave the results queued, so the window stays on the frame it showed.
+        item = None if paused.is_set() else results.get(0.005 if display else 0.1)
+        if item is None and not paused.is_set() and not inference.is_alive():
             item = results.get(0.0)
             if item is None:  # cannot happen by design; but never wait on a dead thread
                 raise RuntimeError("edgeres camera: the inference thread ended without a result.")
@@ -713,7 +715,7 @@ class _Output:
             raise CameraError(f"Could not open a window ({str(e).strip()}). Use --no-display.") from e
 
     def poll_window(self, paused: threading.Event) -> EndReason | None:
-        key = cv2.waitKey(1) & 0xFF
+        key = cv2.waitKey(30 if paused.is_set() else 1) & 0xFF
         if key in (ord("q"), ord("Q"), 27):
             return EndReason.QUIT
         if key == ord(" "):

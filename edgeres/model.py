@@ -17,7 +17,7 @@ from keras import layers, ops
 class Arch(str, Enum):
     RESNET50 = "resnet50"
     RESNET50V2 = "resnet50v2"
-    RESNET_TINY = "resnet-tiny"  # 4 stages x 1 bottleneck block, 1/8 width: tests and smoke runs
+    RESNET_TINY = "resnet-tiny"  # 4 stages x 1 bottleneck block, 1/4 width: tests and smoke runs
 
 
 # Each backbone's own preprocessing, expressed on 0..255 RGB input (timm-style config that
@@ -134,17 +134,17 @@ def _backbone(arch: Arch, image_size: int, weights: str | None) -> keras.Model:
         ) from e
 
 
-# resnet-tiny: the same bottleneck block and naming as Keras's ResNet50 (v1), at 1/8 width
+# resnet-tiny: the same bottleneck block and naming as Keras's ResNet50 (v1), at 1/4 width
 # and one block per stage. Small enough to train and quantize in seconds on a CPU.
 
 
 def resnet_tiny(input_shape) -> keras.Model:
     inputs = keras.Input(input_shape)
-    x = layers.Conv2D(16, 7, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = layers.Conv2D(32, 7, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
     x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
-    for stage, filters in enumerate((8, 16, 32, 64), start=2):
+    for stage, filters in enumerate((16, 32, 64, 128), start=2):
         x = residual_block_v1(x, filters, stride=1 if stage == 2 else 2, name=f"conv{stage}_block1")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, x, name="resnet-tiny")

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The smallest honest edge app: classify photos with an edgeres ``.tflite``, without edgeres.
+
+    python examples/minimal_app.py export/cats-dogs/model_int8.tflite photo.jpg [photo2.jpg ...]
+
+Prints ``path<TAB>label<TAB>score`` per image, the same label and score (to 4 decimals) as
+``edgeres predict MODEL IMAGE --json``. Needs only ``ai-edge-litert`` (or ``tflite_runtime``),
+numpy and Pillow: this is all a device has to run. It works on the int8 model (uint8 pixels in,
+uint8 scores out) and on the float32 one (float pixels 0..255 in); normalisation is inside the
+graph, so an app only resizes and feeds pixels. Exits 1 if an image could not be read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+
+import numpy as np
+from PIL import Image, ImageOps
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # older devices ship the standalone runtime
+    from tflite_runtime.interpreter import Interpreter
+
+
+def read_labels(model_path: str) -> list[str]:
+    """The class names embedded in the model (a zip of associated files appended to the .tflite)."""
+    try:
+        with zipfile.ZipFile(model_path) as zf:
+            return zf.read("labels.txt").decode("utf-8").splitlines()
+    except (zipfile.BadZipFile, KeyError):
+        sys.exit(f"error: {model_path} has no embedded labels.txt; export it with `edgeres export`.")
+
+
+def load_pixels(path: str, width: int, height: int) -> np.ndarray:
+    """RGB uint8 ``[height, width, 3]``: the Pillow calls of ``edgeres.preprocess``, in order."""
+    with Image.open(path) as im:
+        im.seek(0)  # first frame of an animated GIF
+        im.load()
+        im = ImageOps.exif_transpose(im).convert("RGB")  # upright as a phone shows it
+    # The whole image, stretched to the input size (no crop), exactly as the model was trained.
+    return np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def to_input(pixels: np.ndarray, detail: dict) -> np.ndarray:
+    """Pixels to the input tensor ``[1, H, W, 3]``, whatever the model's input dtype."""
+    x = pixels[None]
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return x.astype(np.float32)  # raw 0..255: the model normalises inside its graph
+    scale, zero_point = detail["quantization"]
+    if scale == 0:  # not quantized
+        return x.astype(dtype)
+    # edgeres int8 models take uint8 with scale 1, zero point 0, so this is the identity there.
+    info = np.iinfo(dtype)
+    q = np.round(x.astype(np.float32) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def from_output(raw: np.ndarray, detail: dict) -> np.ndarray:
+    """The output row as float probabilities (uint8 scores of an int8 model are k/256)."""
+    if np.dtype(detail["dtype"]) == np.float32:
+        return raw.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return (raw.astype(np.float32) - zero_point) * scale
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    model_path, images = argv[0], argv[1:]
+    labels = read_labels(model_path)
+    interpreter = Interpreter(model_path=model_path, num_threads=os.cpu_count() or 1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    height, width = int(inp["shape"][1]), int(inp["shape"][2])
+
+    failed = 0
+    for path in images:
+        try:
+            pixels = load_pixels(path, width, height)
+        except OSError as e:  # missing, unreadable or not an image
+            print(f"error: {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        interpreter.set_tensor(inp["index"], to_input(pixels, inp))
+        interpreter.invoke()
+        probs = from_output(interpreter.get_tensor(out["index"])[0], out)
+        best = int(np.argmax(probs))
+        print(f"{path}\t{labels[best]}\t{probs[best]:.4f}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""int8 export: the quantized model is as good as the float one, on real validation photos."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeres import calibrate as calib
+from edgeres.data import scan
+from edgeres.export import ExportError, QuantizationCheckFailed, export, float_tensors
+from edgeres.runtime import Classifier
+
+pytestmark = pytest.mark.slow
+
+
+def test_int8_matches_float_on_validation_photos(tiny_export):
+    v = tiny_export.verification
+    assert v["n"] == 200
+    # The model learned something, so agreement is not two constant predictors agreeing.
+    assert v["float32"]["accuracy"] >= 0.55, v
+    assert v["int8"]["accuracy"] >= v["float32"]["accuracy"] - 0.01, v
+    assert v["agreement"] >= 0.97, v
+    assert v["mean_abs_prob_diff"] < 0.05, v
+    assert tiny_export.passed
+
+
+def test_int8_is_integer_only_with_uint8_io_and_small(tiny_bundle):
+    int8 = (tiny_bundle / "model_int8.tflite").read_bytes()
+    f32 = (tiny_bundle / "model_float32.tflite").read_bytes()
+    assert float_tensors(int8) == []
+    assert float_tensors(f32)  # the check does see float tensors when they are there
+    assert len(int8) <= 0.3 * len(f32), (len(int8), len(f32))
+    clf = Classifier(tiny_bundle / "model_int8.tflite", accelerator="cpu")
+    info = clf.describe()
+    assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "uint8"
+    # Raw pixels in: the input quantization is the identity on bytes.
+    assert (info["input"]["scale"], info["input"]["zero_point"]) == (1.0, 0)
+
+
+def test_float32_tflite_matches_keras(trained_run, tiny_bundle, quant_dataset):
+    from edgeres.model import load_model
+    from edgeres.preprocess import load_pixels
+
+    model = load_model(trained_run / "model.keras")
+    clf = Classifier(tiny_bundle / "model_float32.tflite", accelerator="cpu")
+    paths = sorted((quant_dataset / "validation").rglob("*.jpg"))[::25]
+    pixels = np.stack([load_pixels(p, 64) for p in paths])
+    keras_probs = model.predict(pixels.astype(np.float32), verbose=0)
+    lite_probs = np.stack([clf.predict_pixels(px).probabilities for px in pixels])
+    np.testing.assert_allclose(lite_probs, keras_probs, atol=1e-4)
+
+
+def test_bundle_describes_itself(tiny_bundle):
+    from edgeres.metadata import read_labels, read_metadata
+
+    meta = json.loads((tiny_bundle / "edgeres.json").read_text())
+    assert meta["labels"] == ["cats", "dogs"]
+    assert meta["status"] == "passed"
+    assert meta["input"]["size"] == [64, 64]
+    manifest = calib.load(tiny_bundle / "calibration.txt")
+    assert meta["calibration"]["sha256"] == manifest.sha256
+    assert meta["calibration"]["per_class"] == {"cats": 32, "dogs": 32}
+    assert "tensorflow" in meta["versions"] or "tensorflow-cpu" in meta["versions"]
+    for name in ("model_int8.tflite", "model_float32.tflite"):
+        assert read_labels(tiny_bundle / name) == ["cats", "dogs"]
+        embedded = json.loads(read_metadata(tiny_bundle / name)["extra_json"])
+        assert embedded["verification"]["agreement"] == meta["verification"]["agreement"]
+    rows = (tiny_bundle / "layer_errors.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,op,rmse_over_scale")
+    assert any(r.startswith("conv2_block1_1_conv,") for r in rows), "layers are named by their Keras names"
+    assert (tiny_bundle / "layer_errors.png").stat().st_size > 1000
+
+
+def test_same_seed_same_manifest_and_different_seed_differs(quant_dataset):
+    dataset = scan(quant_dataset, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b, c = (calib.draw(dataset, 40, seed=s) for s in (7, 7, 8))
+    assert a.text() == b.text()
+    assert a.sha256 != c.sha256
+    assert a.class_counts() == {"cats": 20, "dogs": 20}
+
+
+def test_calibration_size_warnings_and_errors(quant_dataset, tmp_path):
+    dataset = scan(quant_dataset, progress=False)
+    with pytest.warns(UserWarning, match="only 300 readable"):
+        calib.draw(dataset, 1000)
+    with pytest.raises(calib.CalibrationError, match="at least 1"):
+        calib.draw(dataset, 0)
+    (tmp_path / "empty.txt").write_text(calib.HEADER + "\n# root: /nowhere\n")
+    with pytest.raises(calib.CalibrationError, match="lists no images"):
+        calib.load(tmp_path / "empty.txt")
+
+
+def test_changed_or_missing_calibration_file_is_named(quant_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(quant_dataset, root, symlinks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = calib.draw(scan(root, progress=False), 10, seed=1).save(tmp_path / "m.txt")
+    rel_changed, _ = calib.load(manifest).entries[0]
+    rel_missing, _ = calib.load(manifest).entries[-1]
+    (root / rel_changed).write_bytes((root / rel_changed).read_bytes() + b"\0")
+    (root / rel_missing).unlink()
+    with pytest.raises(calib.CalibrationError) as err:
+        calib.load(manifest)
+    assert rel_changed in str(err.value) and "changed" in str(err.value)
+    assert rel_missing in str(err.value) and "missing" in str(err.value)
+
+
+def test_max_drop_trips_on_a_model_made_to_quantize_badly(trained_run, quant_dataset, tmp_path):
+    """One pooled feature made huge (and ignored by the float head) wrecks the int8 activation range."""
+    import shutil
+
+    from edgeres.model import backbone_of, load_model
+
+    run = tmp_path / "bad_run"
+    shutil.copytree(trained_run, run)
+    model = load_model(run / "model.keras")
+    bn = backbone_of(model).get_layer("conv5_block1_3_bn")
+    beta = bn.beta.numpy()
+    beta[0] = 1e4  # channel 0 of the features becomes ~1e4 for every image...
+    bn.beta.assign(beta)
+    logits = model.get_layer("logits")
+    kernel = logits.kernel.numpy()
+    kernel[0, :] = 0.0  # ...and the float head ignores it: float predictions are unchanged
+    logits.kernel.assign(kernel)
+    model.save(run / "model.keras")
+
+    out = tmp_path / "bundle"
+    with pytest.raises(QuantizationCheckFailed) as err:
+        export(run, out=out, formats=("int8", "float32"), calibration_size=32, max_drop=1.0,
+               layer_report=False, log=lambda m: None)
+    v = err.value.report.verification
+    assert v["accuracy_drop_pp"] > 1.0
+    assert "below float32" in str(err.value)
+    meta = json.loads((out / "edgeres.json").read_text())
+    assert meta["status"] == "failed" and (out / "FAILED").is_file()
+
+
+def test_existing_bundle_needs_force_and_nothing_half_written(trained_run, tiny_bundle, tmp_path):
+    with pytest.raises(FileExistsError, match="--force"):
+        export(trained_run, out=tiny_bundle, formats=("float32",), log=lambda m: None)
+    before = sorted(p.name for p in tiny_bundle.parent.iterdir())
+    with pytest.raises(ExportError):
+        export(trained_run, out=tmp_path / "b", formats=("int8", "float32"), calibration_size=8,
+               float_layers=("no_such_layer",), layer_report=False, log=lambda m: None)
+    assert not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    assert sorted(p.name for p in tiny_bundle.parent.iterdir()) == before
+
+
+def test_float_layers_keep_named_layers_in_float(trained_run, tmp_path):
+    report = export(trained_run, out=tmp_path / "mixed", formats=("int8", "float32"), calibration_size=16,
+                    float_layers=("conv1_conv",), verify_limit=40, max_drop=100.0, layer_report=False,
+                    log=lambda m: None)
+    blob = (report.bundle / "model_int8.tflite").read_bytes()
+    floats = float_tensors(blob)
+    assert floats and any("conv1" in f for f in floats)
+    clf = Classifier(report.bundle / "model_int8.tflite", accelerator="cpu")
+    assert clf.input_dtype == np.uint8  # the app-facing interface stays raw pixels
+    assert report.verification["agreement"] >= 0.9

@@ -79,6 +79,7 @@ class EndReason(str, Enum):
     QUIT = "quit key"
     WINDOW_CLOSED = "window closed"
     INTERRUPTED = "interrupted (Ctrl-C)"
+    OUTPUT_CLOSED = "JSON output closed (broken pipe)"
     SOURCE_LOST = "source lost (reconnect attempts failed)"
 
 
@@ -567,7 +568,8 @@ def run_camera(
     capture = _Capture(src, frames_box, sizes, pace=realtime and not src.live, stop=stop, paused=paused, log=log)
     inference = _Inference(clf, other, frames_box, results_box, smoothing, stop=stop, paused=paused)
     out = _Output(clf, other, display=display, record_path=record_path, json_out=json_out,
-                  smoothing=smoothing, snapshot_dir=Path(snapshot_dir), fps_hint=src.fps, log=log)
+                  smoothing=smoothing, realtime=realtime, snapshot_dir=Path(snapshot_dir), fps_hint=src.fps,
+                  log=log)
 
     t0 = time.perf_counter()
     reason = EndReason.END_OF_SOURCE
@@ -615,7 +617,10 @@ def _main_loop(out: "_Output", results: _Mailbox, inference: threading.Thread, p
         if isinstance(item, _Failure):
             raise item.error
         if isinstance(item, _Result):
-            out.emit(item)
+            try:
+                out.emit(item)
+            except BrokenPipeError:  # `edgeres camera --json ... | head -5`
+                return EndReason.OUTPUT_CLOSED
             if max_frames is not None and out.frames >= max_frames:
                 return EndReason.MAX_FRAMES
         if display:
@@ -628,8 +633,9 @@ class _Output:
     """The main thread's side: overlay, window and keys, JSON lines, recording, statistics."""
 
     def __init__(self, clf: Classifier, other: Classifier | None, *, display: bool, record_path: Path | None,
-                 json_out: TextIO | None, smoothing: float, snapshot_dir: Path, fps_hint: float, log):
-        self.clf, self.other, self.display, self.smoothing = clf, other, display, smoothing
+                 json_out: TextIO | None, smoothing: float, realtime: bool, snapshot_dir: Path,
+                 fps_hint: float, log):
+        self.clf, self.other, self.display, self.smoothing, self.realtime = clf, other, display, smoothing, realtime
         self.record_path, self.json_out, self.snapshot_dir, self.log = record_path, json_out, snapshot_dir, log
         self.fps_hint = fps_hint if 1 <= fps_hint <= 240 else 30.0
         self.frames = self.disagreements = 0
@@ -643,6 +649,8 @@ class _Output:
         self._partial: Path | None = None
         self._last: np.ndarray | None = None  # last annotated frame: redrawn while paused, snapshotted
         self._last_index = 0
+        self._written_index = -1
+        self._visibility_works = False  # some HighGUI backends cannot report it (-1)
 
     # statistics and JSON ----------------------------------------------------------------
 
@@ -662,7 +670,12 @@ class _Output:
         if self.display or self.record_path is not None:
             annotated = self._annotate(r, agree)
             if self.record_path is not None:
-                self._write(annotated)
+                # Realtime: repeat the annotated frame over the frames the model skipped, so
+                # the recording plays at the speed it happened. Otherwise one frame per result.
+                gap = r.frame.index - self._written_index if self.realtime and self._written_index >= 0 else 1
+                for _ in range(max(1, min(gap, int(2 * self.fps_hint)))):
+                    self._write(annotated)
+                self._written_index = r.frame.index
             if self.display:
                 cv2.imshow(WINDOW, annotated)
                 self._last, self._last_index = annotated, r.frame.index
@@ -730,7 +743,10 @@ class _Output:
                     cv2.imshow(WINDOW, shown)
         elif key in (ord("s"), ord("S")):
             self.snapshot()
-        if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+        visible = cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE)
+        if visible >= 1:
+            self._visibility_works = True
+        elif self._visibility_works:  # it was visible, and the user closed it
             return EndReason.WINDOW_CLOSED
         return None
 

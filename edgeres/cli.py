@@ -123,6 +123,8 @@ def calibrate(
     """Draw a calibration manifest: N train images per class-stratified, seeded, with SHA-256s.
 
     Use it with: edgeres export RUN --int8 --calibration FILE (hash mismatches are an error).
+
+    Example: edgeres calibrate --data ../shared/data/cats_and_dogs_filtered --size 300 --out calibration/cats-dogs.txt
     """
     with _friendly_errors():
         from edgeres import calibrate as calib

@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeres.export import export
     from edgeres.train import train
 
-    # Small batches and a higher learning rate than the defaults (32, 1e-3): 2 epochs of 80 photos
-    # are then 20 steps, enough for the model to start telling photos apart.
     result = train(TrainConfig(data=args.data, out=str(out / "run"), arch="resnet-tiny", image_size=64,
-                               batch_size=8, learning_rate=3e-3, epochs=2, max_per_class=40), verbose=0)
+                               batch_size=16, epochs=2, max_per_class=40), verbose=0)
     print(f"trained {result.epochs_done} epochs on {result.device}: "
           f"best validation accuracy {result.best_val_accuracy:.3f} ({result.run_dir})")
 

@@ -254,7 +254,7 @@ def test_live_source_corrupt_frames_unplug_and_reconnect(int8, frames_bgr, tmp_p
     assert {"raw_label", "raw_score"} <= set(lines[0])
 
 
-def test_slow_model_on_live_source_drops_frames_not_time(int8, frames_bgr, monkeypatch):
+def test_slow_model_on_live_source_drops_frames_not_time(int8, frames_bgr, tmp_path, monkeypatch):
     small = [cv2.resize(f, (64, 64)) for f in frames_bgr]
 
     class FastCamera(Source):
@@ -275,7 +275,7 @@ def test_slow_model_on_live_source_drops_frames_not_time(int8, frames_bgr, monke
     clf = Classifier(int8.path, threads=1, accelerator="cpu")
     predict = clf.predict_pixels
     monkeypatch.setattr(clf, "predict_pixels", lambda px: (time.sleep(0.03), predict(px))[1])
-    summary, lines = _run_json(clf, FastCamera())
+    summary, lines = _run_json(clf, FastCamera(), record=tmp_path / "rec.avi")
     frames = [d["frame"] for d in lines]
     assert frames == sorted(set(frames)), "frames out of order or repeated"
     assert summary.dropped > 0 and summary.frames < 150
@@ -283,6 +283,8 @@ def test_slow_model_on_live_source_drops_frames_not_time(int8, frames_bgr, monke
     assert summary.ended is EndReason.SOURCE_LOST
     # Newest frame only: a result is never more than about one model run behind its capture.
     assert summary.capture_to_result_p50_ms < 150
+    # The recording repeats each annotated frame over the ones the model skipped: real time.
+    assert len(_read_video(tmp_path / "rec.avi")) == frames[-1] - frames[0] + 1
 
 
 def test_ctrl_c_ends_cleanly_with_summary_and_recording(int8, png_dir, tmp_path):
@@ -299,6 +301,17 @@ def test_ctrl_c_ends_cleanly_with_summary_and_recording(int8, png_dir, tmp_path)
     assert out.getvalue().count("\n") == 3
     assert summary.frames == 4  # the fourth was classified; its line was interrupted
     assert len(_read_video(tmp_path / "rec.avi")) == 3
+
+
+def test_closed_json_pipe_ends_the_run(int8, png_dir):
+    class ClosedPipe(io.StringIO):
+        def write(self, s):
+            if self.getvalue().count("\n") == 2:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(s)
+
+    summary = run_camera(int8, source=png_dir, display=False, json_out=ClosedPipe(), log=lambda m: None)
+    assert summary.ended is EndReason.OUTPUT_CLOSED
 
 
 @pytest.mark.parametrize("spec", ["7", 7, "/dev/video9"])

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from edgeres.camera import run_camera
 from edgeres.preprocess import to_pixels

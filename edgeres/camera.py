@@ -551,11 +551,11 @@ def run_camera(
     record_path = _record_path(record) if record is not None else None
     if display:
         _check_display()
-    clf = model if isinstance(model, Classifier) else Classifier(model, threads=threads, accelerator=accelerator, log=log)
-    other = None
-    if compare is not None:
-        other = compare if isinstance(compare, Classifier) else Classifier(
-            compare, threads=threads, accelerator=accelerator, log=log)
+    def load(m):
+        return m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator, log=log)
+
+    clf = load(model)
+    other = load(compare) if compare is not None else None
     src = open_source(source)
     realtime = src.live if realtime is None else realtime
     if smoothing is None:
@@ -704,7 +704,8 @@ class _Output:
         h, w = img.shape[:2]
         scale = max(0.4, min(w, 2 * h) / 1000)
         line = int(32 * scale / 0.6)
-        texts = [(f"{r.label} {100 * r.score:.1f}%  ({_name(self.clf)})", AGREE_BGR if agree is not False else DISAGREE_BGR)]
+        first = AGREE_BGR if agree is not False else DISAGREE_BGR
+        texts = [(f"{r.label} {100 * r.score:.1f}%  ({_name(self.clf)})", first)]
         if r.other is not None:
             rate = 100 * self.disagreements / self.frames
             texts.append((f"{r.other[0]} {100 * r.other[1]:.1f}%  ({_name(self.other)})  "

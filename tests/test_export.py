@@ -166,3 +166,33 @@ def test_float_layers_keep_named_layers_in_float(trained_run, tmp_path):
     clf = Classifier(report.bundle / "model_int8.tflite", accelerator="cpu")
     assert clf.input_dtype == np.uint8  # the app-facing interface stays raw pixels
     assert report.verification["agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnet50v2", "resnet-tiny"])
+def test_in_graph_normalization_survives_int8(arch):
+    """Regression: an int8 REVERSE_V2 (the BGR flip of ResNet50 v1) came out garbage (error ~114)."""
+    import keras
+    import tensorflow as tf
+
+    from edgeres.model import PREPROCESSING, Arch, PixelNormalization
+
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, PixelNormalization(**PREPROCESSING[Arch(arch)])(inputs))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (1, 16, 16, 3)).astype(np.float32) for _ in range(16)]
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x] for x in images)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type, conv.inference_output_type = tf.uint8, tf.int8
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=conv.convert())
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], images[0].astype(np.uint8))
+    interp.invoke()
+    scale, zero = out["quantization"]
+    got = (interp.get_tensor(out["index"]).astype(np.float32) - zero) * scale
+    expected = model(images[0]).numpy()
+    assert np.abs(got - expected).max() <= scale, "error above one quantization step"

@@ -396,7 +396,7 @@ def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int |
 # -- per-layer error ---------------------------------------------------------------------
 
 
-def layer_error_report(model, calibration_set, size: int, out_dir: Path, images: int = 16) -> list[dict]:
+def layer_error_report(model, calibration_set, size: int, out_dir: Path, images: int = 8) -> list[dict]:
     """Per-layer int8 error from TF's QuantizationDebugger, named by Keras layer; CSV + PNG.
 
     The metric is RMSE / scale: the error in units of one quantization step (0.29 is the

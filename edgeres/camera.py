@@ -651,6 +651,7 @@ class _Output:
         self._last_index = 0
         self._written_index = -1
         self._visibility_works = False  # some HighGUI backends cannot report it (-1)
+        self._window_open = False
 
     # statistics and JSON ----------------------------------------------------------------
 
@@ -723,6 +724,7 @@ class _Output:
     def open_window(self) -> None:
         try:
             cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+            self._window_open = True
         except cv2.error as e:
             if "not implemented" in str(e).lower():
                 raise CameraError(NO_GUI_HELP) from e
@@ -790,7 +792,7 @@ class _Output:
             self._writer.release()
             os.replace(self._partial, self.record_path)
             self._writer = None
-        if self.display:
+        if self._window_open:
             try:
                 cv2.destroyWindow(WINDOW)
                 cv2.waitKey(1)

@@ -87,6 +87,13 @@ def build_classifier(
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = PixelNormalization(**PREPROCESSING[arch], name="normalize")(inputs)
     backbone = _backbone(arch, image_size, weights)
+    if weights is None:
+        # From scratch on a few thousand photos there are only ~60 steps an epoch: with Keras's
+        # BatchNorm momentum of 0.99 the moving statistics are still mostly their init after
+        # 3 epochs and validation sits at chance. 0.9 tracks the batch statistics within an epoch.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = 0.9
     backbone.trainable = not freeze_backbone
     # training=False keeps frozen BatchNorm statistics fixed while fine-tuning the head.
     x = backbone(x, training=False if freeze_backbone else None)

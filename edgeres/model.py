@@ -10,8 +10,12 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-import keras
-from keras import layers, ops
+from edgeres._stderr import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 
 class Arch(str, Enum):

@@ -11,11 +11,9 @@ LiteRT's ``CompiledModel`` GPU accelerator; ``delegate`` loads an external deleg
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeres._stderr import captured_stderr as _captured_stderr
 from edgeres.preprocess import ImageInput, to_pixels
 
 BUNDLE_JSON = "edgeres.json"
@@ -301,30 +300,6 @@ def _gpu_visible() -> bool:
     if sys.platform == "darwin":
         return True
     return any(Path("/dev/dri").glob("renderD*")) or Path("/dev/nvidia0").exists()
-
-
-@contextlib.contextmanager
-def _captured_stderr():
-    """Capture the C++ runtime's stderr (where LiteRT puts the real reason) at the fd level."""
-    captured = _Captured()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.text = tmp.read().decode(errors="replace")
-
-
-class _Captured:
-    text = ""
-
-    def read(self) -> str:
-        return self.text
 
 
 def _gpu_reason(logs: str, error: Exception | None) -> str:

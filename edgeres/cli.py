@@ -369,6 +369,45 @@ def bench(
         Console().print(table)
 
 
+@app.command()
+def camera(
+    model: Annotated[Path, typer.Argument(help="A .tflite file or an export bundle directory (uses its int8 model).")],
+    source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), /dev/videoN, a video FILE, a stream URL (rtsp://, http://) or a DIR of images.")] = "0",
+    no_display: Annotated[bool, typer.Option("--no-display", help="No window (devices without a screen): use --json and/or --record.")] = False,
+    record: Annotated[Optional[Path], typer.Option(help="Write the annotated video: .mp4 (mp4v) or .avi (MJPG).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per processed frame on stdout (index, timestamp, label, score, latency).")] = False,
+    compare: Annotated[Optional[Path], typer.Option(help="A second model run on the same frames (e.g. float32 beside int8), with the running disagreement rate.")] = None,
+    realtime: Annotated[Optional[bool], typer.Option("--realtime/--every-frame", help="Keep only the newest frame (default for cameras and URLs) or process every frame (default for files and folders: reproducible).")] = None,
+    smoothing: Annotated[Optional[float], typer.Option(help="Average probabilities over frames, 0..0.99 (default 0.6 live, 0 for files), so the label does not flicker.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop after N processed frames.")] = None,
+    snapshot_dir: Annotated[Path, typer.Option(help="Where the s key saves snapshots.")] = Path("."),
+    accelerator: AcceleratorOpt = "auto",
+    threads: ThreadsOpt = None,
+):
+    """Live cat/dog (or any) classification from a camera, video, stream or folder of images.
+
+    The window shows label, confidence, FPS and latency. Keys: q or Esc quit, space pauses,
+    s saves a snapshot. Capture runs on its own thread keeping only the newest frame, so a slow
+    model drops frames instead of falling behind. Ends cleanly (recording finalised, summary
+    printed) on q, Ctrl-C, the end of a file, or a camera that stays unplugged.
+
+    Example: edgeres camera export/cats-dogs --source 0
+    Example (headless): edgeres camera export/cats-dogs --source clip.mp4 --no-display --json --record out.mp4
+    """
+    with _friendly_errors():
+        from edgeres.camera import run_camera
+
+        summary = run_camera(
+            model, source=source, display=not no_display, record=record,
+            json_out=sys.stdout if json_out else None, compare=compare, accelerator=accelerator,
+            threads=threads, realtime=realtime, smoothing=smoothing, max_frames=max_frames,
+            snapshot_dir=snapshot_dir,
+        )
+        typer.echo(summary.format(), err=True)
+        if summary.ended.value == "interrupted":
+            raise typer.Exit(130)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

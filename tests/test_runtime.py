@@ -214,6 +214,20 @@ def test_bench_json_ratios(tiny_bundle):
 
 
 def test_help_teaches_every_command():
-    for cmd in ("train", "calibrate", "export", "predict", "evaluate", "bench"):
+    for cmd in ("train", "calibrate", "export", "predict", "evaluate", "bench", "camera"):
         out = run_cli(cmd, "--help")
         assert "Example" in out.stdout or "example" in out.stdout, cmd
+
+
+def test_camera_cli_on_a_folder_matches_predict(tiny_bundle, val_photos, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, p in enumerate(val_photos[:4]):
+        (frames / f"{i:03d}.jpg").symlink_to(p)
+    out = run_cli("camera", tiny_bundle, "--source", frames, "--no-display", "--json", "--threads", "2")
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    clf = Classifier(tiny_bundle, accelerator="cpu")
+    assert [r["label"] for r in records] == [clf.predict(p).label for p in val_photos[:4]]
+    assert "4 frames" in out.stderr and "Traceback" not in out.stderr
+    missing = run_cli("camera", tiny_bundle, "--source", "7", "--no-display", check_rc=2)
+    assert "No camera at index 7" in missing.stderr and "--source FILE" in missing.stderr

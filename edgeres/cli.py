@@ -395,7 +395,7 @@ def camera(
     Example (headless): edgeres camera export/cats-dogs --source clip.mp4 --no-display --json --record out.mp4
     """
     with _friendly_errors():
-        from edgeres.camera import run_camera
+        from edgeres.camera import EndReason, run_camera
 
         summary = run_camera(
             model, source=source, display=not no_display, record=record,
@@ -404,7 +404,7 @@ def camera(
             snapshot_dir=snapshot_dir,
         )
         typer.echo(summary.format(), err=True)
-        if summary.ended.value == "interrupted":
+        if summary.ended is EndReason.INTERRUPTED:
             raise typer.Exit(130)
 
 

@@ -16,6 +16,8 @@ import os
 import platform
 import time
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -26,7 +28,7 @@ def measure(model, dataset, steps: int, warmup: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = model.train_on_batch(*next(iterator))
-    float(loss)  # wait for the device
+    float(np.ravel(loss)[0])  # wait for the device
     return time.perf_counter() - t0
 
 

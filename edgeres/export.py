@@ -132,7 +132,9 @@ def export(
 
     t = time.perf_counter()
     model = load_model(run_dir / "model.keras")
-    root = data_lib.resolve_data_dir(data or os.environ.get(data_lib.DATA_ENV) or run.get("data_root"))
+    # The run's own dataset unless told otherwise: calibration and verification must match training.
+    run_root = run.get("data_root") if run.get("data_root") and Path(run["data_root"]).is_dir() else None
+    root = data_lib.resolve_data_dir(data or run_root)
     dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),
                             seed=run["train"].get("seed", 0), progress=False)
     if tuple(dataset.classes) != tuple(labels):

@@ -72,7 +72,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset: ROOT/train/<class>/* + ROOT/validation/<class>/*, or ROOT/<class>/*. Default: $EDGERES_DATA, then the cats_and_dogs_filtered download.")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (never overwritten; see --resume).")] = Path("runs/cats-dogs"),
-    epochs: Annotated[int, typer.Option(help="Epochs (of the frozen phase when --freeze-backbone).")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (of the frozen phase when --freeze-backbone). Default 10; with --resume, the run's own unless you give more.")] = None,
     image_size: Annotated[int, typer.Option(help="Square input size, a multiple of 32. 224 is ResNet's own; 128 trains ~3x faster on CPU.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across GPUs).")] = 32,
     arch: Annotated[str, typer.Option(help="resnet50 | resnet50v2 | resnet-tiny (a small ResNet for smoke tests).")] = "resnet50",
@@ -100,7 +100,8 @@ def train(
 
         config = TrainConfig(
             data=str(data) if data else None, out=str(out), arch=arch, weights=weights, image_size=image_size,
-            batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, seed=seed,
+            batch_size=batch_size, epochs=epochs if epochs is not None else (0 if resume else 10),
+            learning_rate=learning_rate, seed=seed,
             freeze_backbone=freeze_backbone, fine_tune_epochs=fine_tune_epochs, max_per_class=max_per_class,
             precision=Precision(precision), jit_compile=xla, strategy=StrategyKind(strategy),
         )

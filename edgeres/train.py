@@ -149,7 +149,7 @@ def _load_for_resume(run_dir: Path, overrides: TrainConfig) -> tuple[TrainConfig
     if not config_path.is_file():
         raise FileNotFoundError(f"Nothing to resume in {run_dir}: no config.json. Start it without --resume.")
     saved = from_dict(TrainConfig, json.loads(config_path.read_text())["train"])
-    # Only the length of the run may change on resume; everything else is the run's own.
+    # Only the length of the run may change on resume (to more epochs); the rest is the run's own.
     config = saved.replace(epochs=max(saved.epochs, overrides.epochs), out=str(run_dir))
     if not state_path.is_file():  # interrupted before the first epoch ended: start over
         return config, {"epoch": 0, "best_val_accuracy": -1.0, "history": []}

@@ -48,7 +48,7 @@ def test_train_ctrl_c_resume_calibrate_export_evaluate(small_dataset, tmp_path):
 
     again = cli(*train_args, rc=2)
     assert "already exists" in again.stderr and "--resume" in again.stderr
-    done = cli(*train_args, "--resume")
+    done = cli("train", "--out", run, "--resume")  # the run remembers its data and length
     assert "Done: 3 epochs" in done.stdout
     assert json.loads((run / "state.json").read_text())["epoch"] == 3
     assert len(json.loads((run / "history.json").read_text())) == 3

@@ -231,3 +231,23 @@ def test_camera_cli_on_a_folder_matches_predict(tiny_bundle, val_photos, tmp_pat
     assert "4 frames" in out.stderr and "Traceback" not in out.stderr
     missing = run_cli("camera", tiny_bundle, "--source", "7", "--no-display", check_rc=2)
     assert "No camera at index 7" in missing.stderr and "--source FILE" in missing.stderr
+
+
+def test_falls_back_to_tflite_runtime_when_litert_is_missing(tiny_bundle, val_photos):
+    """Devices with only the old `tflite_runtime` package still work (simulated: that package
+    cannot be installed beside numpy 2, so its module is stood in for by LiteRT's interpreter)."""
+    script = textwrap.dedent(f"""
+        import sys, types
+        import ai_edge_litert.interpreter as real
+        fake = types.ModuleType("tflite_runtime.interpreter")
+        fake.Interpreter, fake.load_delegate = real.Interpreter, real.load_delegate
+        sys.modules["tflite_runtime"] = types.ModuleType("tflite_runtime")
+        sys.modules["tflite_runtime.interpreter"] = fake
+        sys.modules["ai_edge_litert.interpreter"] = None  # import now fails, as on a device without it
+        from edgeres.runtime import Classifier
+        clf = Classifier({str(tiny_bundle)!r}, accelerator="cpu")
+        print("RUNTIME", clf.runtime, clf.predict({str(val_photos[0])!r}).label)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RUNTIME tflite_runtime " in out.stdout

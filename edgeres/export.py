@@ -14,6 +14,7 @@ directory and renamed into place when whole: a Ctrl-C leaves nothing half-writte
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -111,6 +112,7 @@ def export(
     layer_report: bool = True,
     seed: int = 0,
     threads: int | None = None,
+    progress: bool = True,
     log=print,
 ) -> ExportReport:
     """Convert ``run_dir/model.keras``, verify with LiteRT on the validation split, write a bundle.
@@ -136,7 +138,7 @@ def export(
     run_root = run.get("data_root") if run.get("data_root") and Path(run["data_root"]).is_dir() else None
     root = data_lib.resolve_data_dir(data or run_root)
     dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),
-                            seed=run["train"].get("seed", 0), progress=False)
+                            seed=run["train"].get("seed", 0), progress=progress)
     if tuple(dataset.classes) != tuple(labels):
         raise ExportError(f"The dataset at {root} has classes {dataset.classes}, the run was trained on {labels}.")
     timings["load"] = time.perf_counter() - t
@@ -154,7 +156,7 @@ def export(
         files = {}
         for fmt in formats:
             t = time.perf_counter()
-            model_bytes = convert(model, fmt, calibration_set, size, float_layers=float_layers)
+            model_bytes = convert(model, fmt, calibration_set, size, float_layers=float_layers, progress=progress)
             timings[f"convert_{fmt.value}"] = time.perf_counter() - t
             if fmt is Format.INT8:
                 offenders = float_tensors(model_bytes)
@@ -183,12 +185,14 @@ def export(
         _write_models(tmp, files, meta, labels, size)
 
         t = time.perf_counter()
-        verification = verify(tmp, files, dataset, limit=verify_limit, threads=threads)
+        log(f"Verifying {len(files)} model(s) with LiteRT on the validation split ...")
+        verification = verify(tmp, files, dataset, limit=verify_limit, threads=threads, progress=progress)
         timings["verify"] = time.perf_counter() - t
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if layer_report and calibration_set is not None:
             t = time.perf_counter()
+            log("Per-layer int8 error report (QuantizationDebugger) ...")
             worst = layer_error_report(model, calibration_set, size, tmp)
             timings["layer_report"] = time.perf_counter() - t
 
@@ -277,16 +281,36 @@ def _converter(model, fmt: Format, calibration_set, size: int):
     return conv
 
 
-def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_layers=()) -> bytes:
+def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_layers=(),
+            progress: bool = False) -> bytes:
     """Convert a Keras classifier to ``.tflite`` bytes in ``fmt``."""
     fmt = Format(fmt)
     if fmt is Format.INT8 and calibration_set is None:
         raise ExportError("int8 export needs a calibration set.")
-    with warnings.catch_warnings(), _quiet():
+    with warnings.catch_warnings(), _calibration_progress(fmt, calibration_set, progress) as advance, _quiet():
         warnings.simplefilter("ignore")
         if fmt is Format.INT8 and float_layers:
             return _selective_int8(model, calibration_set, size, float_layers)
-        return _converter(model, fmt, calibration_set, size).convert()
+        conv = _converter(model, fmt, calibration_set, size)
+        if advance is not None:
+            images = conv.representative_dataset
+            conv.representative_dataset = lambda: (advance() or x for x in images())
+        return conv.convert()
+
+
+@contextlib.contextmanager
+def _calibration_progress(fmt: Format, calibration_set, enabled: bool):
+    """A progress bar over calibration images, drawn on the real stderr while the converter's
+    own output is silenced (calibration is most of an int8 export's time)."""
+    if not enabled or fmt is not Format.INT8 or calibration_set is None:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with os.fdopen(os.dup(2), "w") as stream, Progress(console=Console(file=stream), transient=True) as bar:
+        task = bar.add_task("Calibrating int8 ranges", total=len(calibration_set.entries))
+        yield lambda: bar.advance(task)
 
 
 def _selective_int8(model, calibration_set, size, float_layers) -> bytes:
@@ -368,7 +392,7 @@ def float_tensors(model_bytes: bytes) -> list[str]:
 
 
 def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None = None,
-           threads: int | None = None) -> dict:
+           threads: int | None = None, progress: bool = False) -> dict:
     """Each exported model through LiteRT on the validation split; int8 against float32."""
     from edgeres.evaluate import compare
     from edgeres.runtime import Classifier
@@ -378,7 +402,7 @@ def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int |
         items = items[:: max(1, len(items) // limit)][:limit]
     order = sorted(files, key=lambda f: f != "float32")  # float32 first: the reference
     classifiers = [Classifier(bundle / files[f]["file"], threads=threads, accelerator="cpu") for f in order]
-    ev = compare(classifiers, items, tuple(dataset.classes))
+    ev = compare(classifiers, items, tuple(dataset.classes), progress=progress)
     out = {"n": ev.models[0].n, "split": "validation"}
     for fmt, m in zip(order, ev.models):
         out[fmt] = {"accuracy": m.accuracy, "ci95": list(m.ci95), "bytes": files[fmt]["bytes"],

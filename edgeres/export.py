@@ -334,10 +334,23 @@ def _selective_int8(model, calibration_set, size, float_layers) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d, "in.tflite"), Path(d, "out.tflite")
         src.write_bytes(blob)
-        if mmi.modify_model_interface(str(src), str(dst), TFLITE_UINT8, TFLITE_UINT8) != 0:
-            raise ExportError("Could not give the partly-float model uint8 I/O: keep a layer that is not "
-                              "the first or last in float.")
-        return dst.read_bytes()
+        status = mmi.modify_model_interface(str(src), str(dst), TFLITE_UINT8, TFLITE_UINT8)
+        blob = dst.read_bytes() if dst.is_file() else b""
+    # The tool can return success yet leave a float input (when the first layer stays float):
+    # check the interface itself, since edgeres.json promises uint8 pixels.
+    if status != 0 or _io_types(blob) != (TFLITE_UINT8, TFLITE_UINT8):
+        raise ExportError(f"Keeping {', '.join(float_layers)} in float leaves the model without uint8 "
+                          f"input/output; keep layers other than the first and the last in float.")
+    return blob
+
+
+def _io_types(model_bytes: bytes) -> tuple[int, int] | None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not model_bytes:
+        return None
+    graph = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
+    return graph.Tensors(graph.Inputs(0)).Type(), graph.Tensors(graph.Outputs(0)).Type()
 
 
 def _tensor_names(model, conv, calibration_set, size) -> list[str]:
@@ -444,7 +457,11 @@ def layer_error_report(model, calibration_set, size: int, out_dir: Path, images:
         debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
-    layer_names = sorted({layer.name for layer in _all_layers(model)}, key=len, reverse=True)
+    import keras
+
+    # Layers only: a nested backbone's own name ("resnet50") would otherwise match every tensor.
+    layer_names = sorted({layer.name for layer in _all_layers(model) if not isinstance(layer, keras.Model)},
+                         key=len, reverse=True)
     rows = []
     import csv
 

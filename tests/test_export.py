@@ -72,6 +72,8 @@ def test_bundle_describes_itself(tiny_bundle):
     rows = (tiny_bundle / "layer_errors.csv").read_text().splitlines()
     assert rows[0].startswith("layer,op,rmse_over_scale")
     assert any(r.startswith("conv2_block1_1_conv,") for r in rows), "layers are named by their Keras names"
+    assert any(r.startswith("conv1_conv,") for r in rows)
+    assert not any(r.startswith("resnet-tiny,") for r in rows), "named after the backbone, not the layer"
     assert (tiny_bundle / "layer_errors.png").stat().st_size > 1000
 
 
@@ -196,3 +198,10 @@ def test_in_graph_normalization_survives_int8(arch):
     got = (interp.get_tensor(out["index"]).astype(np.float32) - zero) * scale
     expected = model(images[0]).numpy()
     assert np.abs(got - expected).max() <= scale, "error above one quantization step"
+
+
+def test_float_first_layer_cannot_silently_change_the_interface(trained_run, tmp_path):
+    with pytest.raises(ExportError, match="uint8"):
+        export(trained_run, out=tmp_path / "b", formats=("int8", "float32"), calibration_size=16,
+               float_layers=("normalize",), layer_report=False, log=lambda m: None)
+    assert not (tmp_path / "b").exists()

@@ -51,12 +51,25 @@ def _friendly_errors():
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130)
+    except ImportError as e:  # an extra that this install does not have
+        hint = _MISSING_EXTRA.get((e.name or "").split(".")[0])
+        if hint is None and "pip install" not in str(e):
+            raise
+        typer.secho(f"error: {hint or e}", fg="red", err=True)
+        raise typer.Exit(EXIT_USAGE)
     except Exception as e:
         if isinstance(e, _user_errors()):
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
         raise
 
+
+_MISSING_EXTRA = {
+    "tensorflow": "this command needs TensorFlow: pip install 'edgeres[train]'",
+    "keras": "this command needs TensorFlow/Keras: pip install 'edgeres[train]'",
+    "cv2": "edgeres camera needs OpenCV: pip install 'edgeres[camera]'",
+    "matplotlib": "plots need matplotlib: pip install 'edgeres[train]' (or matplotlib)",
+}
 
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores; LiteRT's own default is 1).")]
 AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto | cpu | gpu. gpu uses LiteRT's GPU accelerator; when it is unavailable edgeres says why and runs on CPU.")]

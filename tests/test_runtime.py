@@ -251,3 +251,18 @@ def test_falls_back_to_tflite_runtime_when_litert_is_missing(tiny_bundle, val_ph
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "RUNTIME tflite_runtime " in out.stdout
+
+
+def test_runtime_only_install_explains_missing_extras(tiny_bundle, val_photos, tmp_path):
+    """Where TensorFlow and OpenCV are not installed, predict works and the rest say what to install."""
+    blocker = "import sys; sys.modules.update(tensorflow=None, keras=None, cv2=None); from edgeres.cli import app; app()"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", blocker, *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+
+    assert run("predict", tiny_bundle, val_photos[0], "--json").returncode == 0
+    for args, extra in ((("train", "--out", tmp_path / "r"), "edgeres[train]"),
+                        (("camera", tiny_bundle, "--no-display"), "edgeres[camera]")):
+        out = run(*args)
+        assert out.returncode == 2 and extra in out.stderr and "Traceback" not in out.stderr, out.stderr

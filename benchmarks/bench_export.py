@@ -1,7 +1,8 @@
 """Export time for ResNet-50 (int8 with N calibration images + float32), and what it produced.
 
     python benchmarks/bench_export.py --data ../shared/data/cats_and_dogs_filtered \
-        [--run RUN_DIR] [--image-size 224] [--calibration-size 300] [--out benchmarks/out/resnet50-224]
+        [--run RUN_DIR] [--image-size 224] [--calibration-size 300] [--ranges robust|minmax]
+        [--out benchmarks/out/resnet50-224]
 
 Without --run, a random-weight ResNet-50 run directory is made (conversion time does not depend
 on the weights' values). Prints one JSON object with the stage timings and the bundle numbers.
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--calibration-size", type=int, default=300)
+    ap.add_argument("--ranges", choices=["robust", "minmax"], default="robust")
     ap.add_argument("--verify-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/resnet50-export"))
     ap.add_argument("--no-layer-report", action="store_true")
@@ -49,7 +51,7 @@ def main() -> None:
     try:
         report = export(run, out=args.out, formats=("int8", "float32"), data=args.data,
                         calibration_size=args.calibration_size, verify_limit=args.verify_limit,
-                        layer_report=not args.no_layer_report, max_drop=1.0)
+                        layer_report=not args.no_layer_report, max_drop=1.0, ranges=args.ranges)
         passed = True
     except QuantizationCheckFailed as e:  # a random-weight model may fail; timing is what we want
         report, passed = e.report, False
@@ -58,6 +60,7 @@ def main() -> None:
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
         "run": str(run), "image_size": args.image_size, "calibration_images": args.calibration_size,
+        "ranges": args.ranges,
         "seconds": report.seconds, "total_seconds": round(total, 1),
         "conversion_seconds_int8": report.seconds.get("convert_int8"),
         "bytes": {k: f["bytes"] for k, f in report.files.items()},

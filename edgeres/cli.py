@@ -169,6 +169,7 @@ def export_cmd(
     calibration_size: Annotated[int, typer.Option(help="Without --calibration: images to draw (stratified, seeded).")] = 300,
     max_drop: Annotated[float, typer.Option(help="Fail (exit 1, bundle marked FAILED) if int8 accuracy is more than PP points below float32.")] = 1.0,
     float_layers: Annotated[Optional[str], typer.Option(help="Comma-separated Keras layer names to keep in float (trade speed for accuracy; see layer_errors.csv).")] = None,
+    ranges: Annotated[str, typer.Option(help="int8 activation ranges, robust | minmax. robust: each image's exact min/max per tensor, median over groups of 10 images, so a rare outlier image cannot stretch a range. minmax: TensorFlow's calibrator, global min/max (one outlier widens a range for all images).")] = "robust",
     verify_limit: Annotated[Optional[int], typer.Option(help="Verify on at most N validation images (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     layer_report: Annotated[bool, typer.Option(help="Per-layer int8 error report (layer_errors.csv/.png).")] = True,
@@ -188,6 +189,8 @@ def export_cmd(
 
         from edgeres.export import QuantizationCheckFailed, export
 
+        if ranges not in ("robust", "minmax"):
+            raise typer.BadParameter(f"{ranges!r} is not one of: robust, minmax.", param_hint="--ranges")
         formats = [f for f, on in (("int8", int8), ("float32", float32), ("float16", fp16), ("dynamic", dynamic)) if on]
         if not formats:
             formats = ["int8"]
@@ -199,7 +202,7 @@ def export_cmd(
                 report = export(run_dir, out=out, formats=tuple(formats), data=data, calibration=calibration,
                                 calibration_size=calibration_size, max_drop=max_drop, force=force,
                                 float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
-                                verify_limit=verify_limit, layer_report=layer_report, seed=seed,
+                                ranges=ranges, verify_limit=verify_limit, layer_report=layer_report, seed=seed,
                                 log=lambda m: typer.echo(m, err=True))
             except QuantizationCheckFailed as e:
                 typer.echo(e.report.summary())

@@ -54,6 +54,21 @@ FORMATS = {
 }
 
 
+class Ranges(str, Enum):
+    """How int8 activation ranges are taken from the calibration images."""
+
+    ROBUST = "robust"  # exact per-image min/max (LiteRT), median over groups of images: the default
+    MINMAX = "minmax"  # TensorFlow's calibrator: global min/max over every image
+
+
+GROUP_SIZE = 10  # images per group for Ranges.ROBUST
+RANGES = {
+    Ranges.ROBUST: "each image's exact min/max per tensor, then the median over groups of "
+                   f"{GROUP_SIZE} images: a rare outlier image cannot stretch a range",
+    Ranges.MINMAX: "TensorFlow's calibrator: global min/max, so one outlier image widens a range for all",
+}
+
+
 class ExportError(RuntimeError):
     pass
 
@@ -107,6 +122,7 @@ def export(
     calibration_size: int = calib.RECOMMENDED_SIZE,
     max_drop: float = 1.0,
     float_layers: tuple[str, ...] = (),
+    ranges: Ranges | str = Ranges.ROBUST,
     force: bool = False,
     verify_limit: int | None = None,
     layer_report: bool = True,
@@ -147,16 +163,20 @@ def export(
     if Format.INT8 in formats:
         calibration_set = calib.load(calibration, root) if calibration else calib.draw(dataset, calibration_size, seed=seed)
         log(f"Calibration: {len(calibration_set.entries)} images {calibration_set.class_counts()} "
-            f"(manifest sha256 {calibration_set.sha256[:12]})")
+            f"(manifest sha256 {calibration_set.sha256[:12]}), {Ranges(ranges).value} ranges")
 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        files = {}
+        files, calibrated = {}, None
         for fmt in formats:
             t = time.perf_counter()
-            model_bytes = convert(model, fmt, calibration_set, size, float_layers=float_layers, progress=progress)
+            if fmt is Format.INT8:
+                model_bytes, calibrated = convert_int8(model, calibration_set, size, float_layers=float_layers,
+                                                       ranges=ranges, progress=progress)
+            else:
+                model_bytes = convert(model, fmt, size=size)
             timings[f"convert_{fmt.value}"] = time.perf_counter() - t
             if fmt is Format.INT8:
                 offenders = float_tensors(model_bytes)
@@ -176,6 +196,7 @@ def export(
             "calibration": None if calibration_set is None else {
                 "file": "calibration.txt", "sha256": calibration_set.sha256, "images": len(calibration_set.entries),
                 "per_class": calibration_set.class_counts(), "seed": calibration_set.seed,
+                "ranges": Ranges(ranges).value, "ranges_method": RANGES[Ranges(ranges)],
                 "float_layers": list(float_layers)},
             "versions": versions(),
         }
@@ -190,10 +211,10 @@ def export(
         timings["verify"] = time.perf_counter() - t
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
-        if layer_report and calibration_set is not None:
+        if layer_report and calibrated is not None:
             t = time.perf_counter()
             log("Per-layer int8 error report (QuantizationDebugger) ...")
-            worst = layer_error_report(model, calibration_set, size, tmp)
+            worst = layer_error_report(model, calibrated, calibration_set, size, tmp)
             timings["layer_report"] = time.perf_counter() - t
 
         meta.update(models={k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in files.items()},
@@ -282,27 +303,43 @@ def _converter(model, fmt: Format, calibration_set, size: int):
 
 
 def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_layers=(),
-            progress: bool = False) -> bytes:
+            ranges: Ranges | str = Ranges.ROBUST, progress: bool = False) -> bytes:
     """Convert a Keras classifier to ``.tflite`` bytes in ``fmt``."""
     fmt = Format(fmt)
-    if fmt is Format.INT8 and calibration_set is None:
-        raise ExportError("int8 export needs a calibration set.")
-    with warnings.catch_warnings(), _calibration_progress(fmt, calibration_set, progress) as advance, _quiet():
+    if fmt is Format.INT8:
+        return convert_int8(model, calibration_set, size, float_layers=float_layers, ranges=ranges,
+                            progress=progress)[0]
+    with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
-        if fmt is Format.INT8 and float_layers:
-            return _selective_int8(model, calibration_set, size, float_layers)
-        conv = _converter(model, fmt, calibration_set, size)
-        if advance is not None:
-            images = conv.representative_dataset
-            conv.representative_dataset = lambda: (advance() or x for x in images())
-        return conv.convert()
+        return _converter(model, fmt, calibration_set, size).convert()
+
+
+def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: Ranges | str = Ranges.ROBUST,
+                 progress: bool = False) -> tuple[bytes, bytes]:
+    """Full-integer int8 ``.tflite`` (uint8 in and out), and the calibrated float model it came from."""
+    if calibration_set is None:
+        raise ExportError("int8 export needs a calibration set.")
+    with warnings.catch_warnings(), _calibration_progress(calibration_set, progress) as advance, _quiet():
+        warnings.simplefilter("ignore")
+        calibrated = calibrate_model(model, calibration_set, size, ranges=ranges, advance=advance)
+        nodes = ()
+        if float_layers:
+            nodes = [name for name in _tensor_names(calibrated) if any(layer in name for layer in float_layers)]
+            if not nodes:
+                raise ExportError(f"--float-layers {', '.join(float_layers)} matched no layer; "
+                                  f"use names from layer_errors.csv (e.g. conv5_block3_3_conv).")
+        blob = quantize(calibrated, float_nodes=nodes)
+    if float_layers and _io_types(blob) != (TFLITE_UINT8, TFLITE_UINT8):
+        raise ExportError(f"Keeping {', '.join(float_layers)} in float leaves the model without uint8 "
+                          f"input/output; keep layers other than the first and the last in float.")
+    return blob, calibrated
 
 
 @contextlib.contextmanager
-def _calibration_progress(fmt: Format, calibration_set, enabled: bool):
+def _calibration_progress(calibration_set, enabled: bool):
     """A progress bar over calibration images, drawn on the real stderr while the converter's
     own output is silenced (calibration is most of an int8 export's time)."""
-    if not enabled or fmt is not Format.INT8 or calibration_set is None:
+    if not enabled or calibration_set is None:
         yield None
         return
     from rich.console import Console
@@ -313,35 +350,113 @@ def _calibration_progress(fmt: Format, calibration_set, enabled: bool):
         yield lambda: bar.advance(task)
 
 
-def _selective_int8(model, calibration_set, size, float_layers) -> bytes:
-    """int8 everywhere except the ops whose tensor names contain one of ``float_layers``."""
+# -- activation ranges -------------------------------------------------------------------
+#
+# TensorFlow's calibrator keeps one global min/max per tensor over all calibration images.
+# On from-scratch ResNet-50 runs here that cost up to 11 pp of int8 accuracy, for two reasons
+# (benchmarks/reference.md):
+#   * per-image maxima are heavy-tailed: in conv5_block3_3_bn the median image peaks at 0.2 and
+#     the worst of 300 at 127, so a global range leaves the typical image a few int8 steps;
+#   * the calibrator over-states the range of a conv that feeds a residual ADD (449.6 logged
+#     where Keras and LiteRT both give 127.1 on the same 300 images).
+# So edgeres measures each image's exact min/max by running the float model through LiteRT with
+# every tensor kept, and takes the median over groups of images of each group's min/max.
+
+
+def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str = Ranges.ROBUST,
+                    advance=None) -> bytes:
+    """A float ``.tflite`` that carries one activation range (min/max) per tensor, for :func:`quantize`."""
+    ranges = Ranges(ranges)
+    conv = _converter(model, Format.INT8, calibration_set, size)
+    conv._experimental_calibrate_only = True  # noqa: SLF001 - what TF's QuantizationDebugger uses
+    images = representative_dataset(calibration_set, size)
+    if ranges is Ranges.MINMAX:
+        conv.representative_dataset = (lambda: (advance() or x for x in images())) if advance else images
+        return conv.convert()
+    # One image gives the calibrated graph (every range slot in place); the ranges come next.
+    conv.representative_dataset = representative_dataset(calibration_set, size, 1)
+    skeleton = conv.convert()
+    tensors = _ranged_tensors(skeleton)
+    lo, hi = activation_stats(skeleton, tensors, (x[0] for x in images()), advance=advance)
+    return _with_ranges(skeleton, tensors, *robust_ranges(lo, hi))
+
+
+def activation_stats(model_bytes: bytes, tensors: list[int], images, *, advance=None,
+                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image min and max of each tensor in ``tensors``, as two ``[images, tensors]`` arrays,
+    from the float model run by LiteRT with every intermediate tensor kept."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_bytes, num_threads=threads or os.cpu_count() or 1,
+                         experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    index = interp.get_input_details()[0]["index"]
+    lo, hi = [], []
+    for x in images:
+        interp.set_tensor(index, x)
+        interp.invoke()
+        values = [interp.get_tensor(t) for t in tensors]
+        lo.append([v.min() for v in values])
+        hi.append([v.max() for v in values])
+        if advance:
+            advance()
+    return np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+
+
+def robust_ranges(lo: np.ndarray, hi: np.ndarray, group: int = GROUP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Per tensor: split the images into groups of about ``group`` (interleaved), take each
+    group's min and max, and return the median over groups. Fewer than ``2 * group`` images
+    degrade gracefully to fewer groups; under ``group`` images it is the plain global min/max."""
+    n = len(lo)
+    k = max(1, n // group)
+    members = [np.arange(g, n, k) for g in range(k)]
+    return (np.median([lo[m].min(0) for m in members], axis=0),
+            np.median([hi[m].max(0) for m in members], axis=0))
+
+
+def _ranged_tensors(calibrated: bytes) -> list[int]:
+    """Indices of the tensors a calibrated model holds a range for (subgraph 0)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.convert_bytearray_to_object(calibrated).subgraphs[0]
+    return [i for i, t in enumerate(graph.tensors)
+            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)]
+
+
+def _with_ranges(calibrated: bytes, tensors: list[int], lo, hi) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    graph = model.subgraphs[0]
+    for t, a, b in zip(tensors, lo, hi):
+        graph.tensors[t].quantization.min = [float(a)]
+        graph.tensors[t].quantization.max = [float(b)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def quantize(calibrated: bytes, *, float_nodes=(), debug: bool = False) -> bytes:
+    """int8 model from a calibrated one: uint8 in and out, per-channel weights; ``float_nodes``
+    (tensor names) stay float; ``debug`` adds the NumericVerify ops QuantizationDebugger reads."""
     import tempfile
 
     import tensorflow as tf
     from tensorflow.lite.python import _pywrap_modify_model_interface as mmi
+    from tensorflow.lite.python.convert import mlir_quantize
 
-    conv = _converter(model, Format.INT8, calibration_set, size)
-    nodes = [name for name in _tensor_names(model, conv, calibration_set, size)
-             if any(layer in name for layer in float_layers)]
-    if not nodes:
-        raise ExportError(f"--float-layers {', '.join(float_layers)} matched no layer; "
-                          f"use names from layer_errors.csv (e.g. conv5_block3_3_conv).")
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=representative_dataset(calibration_set, size, 16), debug_options=options)
-    blob = debugger.get_nondebug_quantized_model()
-    # The debugger leaves float I/O; give the model the same uint8 interface as full int8.
+    if debug:
+        return mlir_quantize(calibrated, enable_numeric_verify=True)
+    if not float_nodes:
+        # What TFLiteConverter does for full-integer with uint8 I/O, given these ranges.
+        return mlir_quantize(calibrated, False, input_data_type=tf.uint8, output_data_type=tf.uint8)
+    blob = mlir_quantize(calibrated, denylisted_nodes=list(float_nodes))
+    # Float I/O at this point; give the model the same uint8 interface as full int8. The tool
+    # can return success yet leave a float input (when the first layer stays float): the caller
+    # checks the interface itself, since edgeres.json promises uint8 pixels.
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d, "in.tflite"), Path(d, "out.tflite")
         src.write_bytes(blob)
         status = mmi.modify_model_interface(str(src), str(dst), TFLITE_UINT8, TFLITE_UINT8)
-        blob = dst.read_bytes() if dst.is_file() else b""
-    # The tool can return success yet leave a float input (when the first layer stays float):
-    # check the interface itself, since edgeres.json promises uint8 pixels.
-    if status != 0 or _io_types(blob) != (TFLITE_UINT8, TFLITE_UINT8):
-        raise ExportError(f"Keeping {', '.join(float_layers)} in float leaves the model without uint8 "
-                          f"input/output; keep layers other than the first and the last in float.")
-    return blob
+        return dst.read_bytes() if status == 0 and dst.is_file() else b""
 
 
 def _io_types(model_bytes: bytes) -> tuple[int, int] | None:
@@ -353,12 +468,11 @@ def _io_types(model_bytes: bytes) -> tuple[int, int] | None:
     return graph.Tensors(graph.Inputs(0)).Type(), graph.Tensors(graph.Outputs(0)).Type()
 
 
-def _tensor_names(model, conv, calibration_set, size) -> list[str]:
-    import tensorflow as tf
+def _tensor_names(model_bytes: bytes) -> list[str]:
+    from ai_edge_litert import schema_py_generated as schema
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=representative_dataset(calibration_set, size, 2))
-    return [d["name"] for d in debugger._quant_interpreter.get_tensor_details()]  # noqa: SLF001
+    graph = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
+    return [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())]
 
 
 class _quiet:
@@ -435,25 +549,23 @@ def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int |
 # -- per-layer error ---------------------------------------------------------------------
 
 
-def layer_error_report(model, calibration_set, size: int, out_dir: Path, images: int = 8,
-                       calibration_images: int = 64) -> list[dict]:
+def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out_dir: Path,
+                       images: int = 8) -> list[dict]:
     """Per-layer int8 error from TF's QuantizationDebugger, named by Keras layer; CSV + PNG.
 
     The metric is RMSE / scale: the error in units of one quantization step (0.29 is the
     ideal rounding error of a uniform quantizer), so layers are comparable whatever their range.
-    Ranges come from the first ``calibration_images`` of the manifest (a diagnostic, not the
-    exported model's exact ranges); errors are averaged over ``images`` calibration images.
+    It uses the exported model's own ranges (``calibrated``); errors are averaged over the
+    first ``images`` calibration images. A layer whose rare large values are clipped by the
+    robust ranges shows a larger error here, by design.
     """
     import tensorflow as tf
 
-    conv = _converter(model, Format.INT8, calibration_set, size)
-    # The debugger calibrates again; on the whole manifest that doubles the export time
-    # (~95 s for ResNet-50 at 224 px here), so it calibrates on the first `calibration_images`.
-    conv.representative_dataset = representative_dataset(calibration_set, size, calibration_images)
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=representative_dataset(calibration_set, size, images))
+            quant_debug_model_content=quantize(calibrated, debug=True),
+            debug_dataset=representative_dataset(calibration_set, size, images))
         debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)

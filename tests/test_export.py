@@ -205,3 +205,131 @@ def test_float_first_layer_cannot_silently_change_the_interface(trained_run, tmp
         export(trained_run, out=tmp_path / "b", formats=("int8", "float32"), calibration_size=16,
                float_layers=("normalize",), layer_report=False, log=lambda m: None)
     assert not (tmp_path / "b").exists()
+
+
+# -- activation ranges --------------------------------------------------------------------
+
+
+def test_robust_ranges_ignore_rare_outlier_images():
+    from edgeres.export import robust_ranges
+
+    rng = np.random.default_rng(0)
+    hi = rng.uniform(0.9, 1.1, size=(60, 3)).astype(np.float32)
+    lo = -hi
+    hi[[7, 41], 0] = 500.0  # two images of sixty light tensor 0 up
+    lo[13, 2] = -300.0
+    r_lo, r_hi = robust_ranges(lo, hi)
+    assert r_hi[0] < 1.2 and r_lo[2] > -1.2  # the outliers do not set the range...
+    assert np.all(r_hi > 0.9) and np.all(r_lo < -0.9)  # ...the typical image is covered
+    # Under one group's worth of images there is nothing to vote: the plain global min/max.
+    few_lo, few_hi = robust_ranges(lo[:8], hi[:8])
+    np.testing.assert_array_equal(few_hi, hi[:8].max(0))
+    np.testing.assert_array_equal(few_lo, lo[:8].min(0))
+
+
+def test_measured_ranges_match_keras_on_residual_blocks(trained_run, quant_dataset):
+    """TF's calibrator over-states the range of a conv that feeds a residual ADD; edgeres's
+    per-image measurement through LiteRT must agree with Keras itself."""
+    import re
+
+    import keras
+
+    from edgeres import calibrate as calib
+    from edgeres import data as data_lib
+    from edgeres.export import Format, _converter, _ranged_tensors, _tensor_names, activation_stats
+    from edgeres.model import backbone_of, load_model
+    from edgeres.preprocess import load_pixels
+
+    model = load_model(trained_run / "model.keras")
+    cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
+    conv = _converter(model, Format.INT8, cal, 64)
+    conv._experimental_calibrate_only = True
+    skeleton = conv.convert()
+    names = _tensor_names(skeleton)
+    pixels = [load_pixels(p, 64)[None].astype(np.float32) for p in cal.paths]
+
+    backbone = backbone_of(model)
+    checked = 0
+    for t in _ranged_tensors(skeleton):
+        match = re.search(r"/(conv\d_block\d_3_bn)(_\d+)?/", names[t].split(";")[0])
+        if not match:
+            continue
+        layer = match.group(1)
+        probe = keras.Model(backbone.input, backbone.get_layer(layer).output)
+        normalized = model.get_layer("normalize")(np.concatenate(pixels))
+        expected = np.asarray(probe(normalized)).reshape(len(pixels), -1)
+        lo, hi = activation_stats(skeleton, [t], iter(pixels))
+        np.testing.assert_allclose(hi[:, 0], expected.max(1), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(lo[:, 0], expected.min(1), rtol=1e-3, atol=1e-3)
+        checked += 1
+    assert checked >= 2  # resnet-tiny has residual blocks: their outputs were found and compared
+
+
+def test_rare_outlier_images_break_minmax_not_robust(trained_run, quant_dataset, tmp_path):
+    """Two odd images among 64 calibration photos (pixel checkerboards) light up a conv1 channel
+    that no photo lights and nothing downstream reads. With TF's min/max ranges those two images
+    crush every other channel of that tensor; robust ranges ignore them and int8 stays faithful."""
+    import hashlib
+    import shutil
+
+    import keras
+    from PIL import Image
+
+    from edgeres import calibrate as calib
+    from edgeres import data as data_lib
+    from edgeres.model import backbone_of, load_model
+    from edgeres.preprocess import load_pixels
+
+    data = tmp_path / "data"
+    shutil.copytree(quant_dataset, data)
+    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    board = np.concatenate([checker[:, :32], 255 - checker[:, 32:]], axis=1)  # both phases
+    odd = []
+    for cls in ("cats", "dogs"):
+        path = data / "train" / cls / "zz_checkerboard.png"
+        Image.fromarray(np.stack([board] * 3, -1)).save(path)
+        odd.append((path.relative_to(data).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest()))
+    photos = calib.draw(data_lib.scan(data, progress=False), 62, seed=0)
+    manifest = calib.CalibrationSet(data, photos.entries + tuple(odd), seed=0, requested=64).save(tmp_path / "cal.txt")
+
+    run = tmp_path / "outlier_run"
+    shutil.copytree(trained_run, run)
+    model = load_model(run / "model.keras")
+    backbone = backbone_of(model)
+    conv1, bn = backbone.get_layer("conv1_conv"), backbone.get_layer("conv1_bn")
+    kernel = conv1.kernel.numpy()
+    kernel[..., 0] = np.where(np.indices((7, 7)).sum(0) % 2, 1.0, -1.0)[..., None] / kernel[..., 0].size
+    conv1.kernel.assign(kernel)  # channel 0: a pixel-checkerboard detector
+    for consumer in ("conv2_block1_0_conv", "conv2_block1_1_conv"):  # nothing reads channel 0
+        k = backbone.get_layer(consumer).kernel
+        weights = k.numpy()
+        weights[:, :, 0, :] = 0.0
+        k.assign(weights)
+    probe = keras.Model(backbone.input, conv1.output)
+
+    def peak(paths):
+        pixels = np.stack([load_pixels(p, 64) for p in paths]).astype(np.float32)
+        return np.asarray(probe(model.get_layer("normalize")(pixels)))[..., 0].reshape(len(paths), -1).max(1)
+
+    natural = peak(photos.paths).max()
+    boards = peak([data / rel for rel, _ in odd])
+    assert boards.min() > 2 * natural > 0  # the premise: only the odd images light channel 0
+    gain = 1e4 / (boards.min() - natural)  # a board peaks at >= 1e4, a photo at <= 0
+    for name, value in (("moving_mean", 0.0), ("moving_variance", 1.0 - bn.epsilon), ("gamma", gain),
+                        ("beta", -gain * natural)):
+        var = getattr(bn, name)
+        values = var.numpy()
+        values[0] = value
+        var.assign(values)
+    model.save(run / "model.keras")
+
+    common = dict(formats=("int8", "float32"), data=data, calibration=manifest, max_drop=1.0,
+                  layer_report=False, log=lambda m: None)
+    with pytest.raises(QuantizationCheckFailed) as err:
+        export(run, out=tmp_path / "minmax", ranges="minmax", **common)
+    assert err.value.report.verification["agreement"] < 0.9
+
+    report = export(run, out=tmp_path / "robust", **common)
+    assert report.passed and report.verification["agreement"] >= 0.97
+    meta = json.loads((tmp_path / "robust" / "edgeres.json").read_text())
+    assert meta["calibration"]["ranges"] == "robust"

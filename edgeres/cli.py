@@ -214,8 +214,10 @@ def export_cmd(
                         typer.secho(f"warning: {w.message}", fg="yellow", err=True)
         typer.echo(report.summary())
         if report.worst_layers:
-            worst = ", ".join(f"{r['layer']} ({r['rmse_over_scale']:.2f})" for r in report.worst_layers[:3])
-            typer.echo(f"  worst int8 layers (RMSE/step): {worst}; see {report.bundle}/layer_errors.png")
+            worst = ", ".join(f"{r['layer']} ({r['rmse_over_scale']:.2f}, {100 * r.get('clipped_fraction', 0):.2g}% clipped)"
+                              for r in report.worst_layers[:3])
+            typer.echo(f"  worst int8 layers (RMSE in steps, share of values beyond the range): {worst}; "
+                       f"see {report.bundle}/layer_errors.png")
 
 
 # -- runtime commands ----------------------------------------------------------------------

@@ -555,6 +555,9 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
 
     The metric is RMSE / scale: the error in units of one quantization step (0.29 is the
     ideal rounding error of a uniform quantizer), so layers are comparable whatever their range.
+    ``clipped_fraction`` is the share of values beyond the range, ``in_range_rmse_over_scale``
+    the rounding error of the rest: together they say whether a layer loses to clipping or to
+    resolution.
     It uses the exported model's own ranges (``calibrated``); errors are averaged over the
     first ``images`` calibration images. A layer whose rare large values are clipped by the
     robust ranges shows a larger error here, by design.
@@ -563,9 +566,12 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
 
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            layer_direct_compare_metrics={"clipped_fraction": _clipped_fraction,
+                                          "in_range_rmse_over_scale": _in_range_rmse_over_scale})
         debugger = tf.lite.experimental.QuantizationDebugger(
             quant_debug_model_content=quantize(calibrated, debug=True),
-            debug_dataset=representative_dataset(calibration_set, size, images))
+            debug_dataset=representative_dataset(calibration_set, size, images), debug_options=options)
         debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
@@ -583,6 +589,8 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
             "layer": _keras_name(row["tensor_name"], layer_names),
             "op": row["op_name"],
             "rmse_over_scale": float(np.sqrt(float(row["mean_squared_error"])) / scale),
+            "clipped_fraction": float(row["clipped_fraction"]),
+            "in_range_rmse_over_scale": float(row["in_range_rmse_over_scale"]),
             "max_abs_error": float(row["max_abs_error"]),
             "scale": scale,
             "tensor": row["tensor_name"],
@@ -593,6 +601,27 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
         w.writerows(rows)
     _plot_layer_errors(rows, out_dir / "layer_errors.png")
     return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def _representable(quantized, scale: float, zero_point: int) -> tuple[float, float]:
+    info = np.iinfo(quantized.dtype)
+    return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+
+
+def _clipped_fraction(floats, quantized, scale: float, zero_point: int) -> float:
+    """Share of float values outside the int8 range: what the activation range gave up."""
+    lo, hi = _representable(quantized, scale, zero_point)
+    return float(np.mean((floats < lo - scale / 2) | (floats > hi + scale / 2)))
+
+
+def _in_range_rmse_over_scale(floats, quantized, scale: float, zero_point: int) -> float:
+    """Rounding error alone (values inside the range), in quantization steps; ideal is 0.29."""
+    lo, hi = _representable(quantized, scale, zero_point)
+    inside = (floats >= lo) & (floats <= hi)
+    if not inside.any():
+        return 0.0
+    error = floats[inside] - (quantized.astype(np.float32)[inside] - zero_point) * scale
+    return float(np.sqrt(np.mean(error ** 2)) / scale)
 
 
 def _all_layers(model):

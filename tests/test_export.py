@@ -75,6 +75,13 @@ def test_bundle_describes_itself(tiny_bundle):
     assert any(r.startswith("conv1_conv,") for r in rows)
     assert not any(r.startswith("resnet-tiny,") for r in rows), "named after the backbone, not the layer"
     assert (tiny_bundle / "layer_errors.png").stat().st_size > 1000
+    import csv
+
+    table = list(csv.DictReader((tiny_bundle / "layer_errors.csv").open()))
+    clipped = [float(r["clipped_fraction"]) for r in table]
+    rounding = [float(r["in_range_rmse_over_scale"]) for r in table]
+    assert all(0.0 <= c <= 1.0 for c in clipped)
+    assert 0.2 < float(np.median(rounding)) < 0.6, "values inside the range round like a uniform quantizer"
 
 
 def test_same_seed_same_manifest_and_different_seed_differs(quant_dataset):

@@ -81,8 +81,11 @@ class QuantizationCheckFailed(ExportError):
         super().__init__(
             f"int8 accuracy {v['int8']['accuracy']:.2%} is {v['accuracy_drop_pp']:.2f} pp below float32 "
             f"{v['float32']['accuracy']:.2%} (allowed: {report.max_drop:.2f} pp). Bundle {report.bundle} "
-            f"is marked failing. Try more calibration images, or keep the worst layers in float "
-            f"(--float-layers, see layer_errors.csv)."
+            f"is marked failing. " + (
+                "Try --ranges robust (the default), which keeps rare outlier activations from "
+                "stretching int8 ranges, " if report.ranges == Ranges.MINMAX.value else
+                "Try a calibration set closer to the images the model will see (edgeres calibrate), ")
+            + "or keep the worst layers in float (--float-layers, see layer_errors.csv)."
         )
         self.report = report
 
@@ -97,6 +100,7 @@ class ExportReport:
     max_drop: float
     seconds: dict[str, float] = field(default_factory=dict)
     worst_layers: list[dict] = field(default_factory=list)
+    ranges: str = Ranges.ROBUST.value
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -232,7 +236,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
-                          meta["seconds"], worst)
+                          meta["seconds"], worst, Ranges(ranges).value)
     if not passed:
         raise QuantizationCheckFailed(report)
     return report

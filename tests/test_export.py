@@ -335,6 +335,7 @@ def test_rare_outlier_images_break_minmax_not_robust(trained_run, quant_dataset,
     with pytest.raises(QuantizationCheckFailed) as err:
         export(run, out=tmp_path / "minmax", ranges="minmax", **common)
     assert err.value.report.verification["agreement"] < 0.9
+    assert "--ranges robust" in str(err.value)  # the message names the way out
 
     report = export(run, out=tmp_path / "robust", **common)
     assert report.passed and report.verification["agreement"] >= 0.97

@@ -35,7 +35,8 @@ def main() -> None:
 
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import (Format, Ranges, _converter, _quiet, _ranged_tensors, _tensor_names, _with_ranges,
+    from edgeres.export import (Format, Ranges, _converter, _quiet, _ranged_tensors, _ranges_of, _tensor_names,
+                                _with_ranges,
                                 activation_stats, calibrate_model, convert, float_tensors, quantize, robust_ranges)
     from edgeres.model import load_model
     from edgeres.preprocess import load_pixels
@@ -60,14 +61,7 @@ def main() -> None:
     lo, hi = activation_stats(skeleton, tensors, iter(images))
     print(f"per-image ranges of {len(tensors)} tensors over {len(images)} images: {time.perf_counter() - t:.1f} s")
 
-    def ranges_of(blob):
-        from tensorflow.lite.tools import flatbuffer_utils
-
-        graph = flatbuffer_utils.convert_bytearray_to_object(blob).subgraphs[0]
-        return (np.array([graph.tensors[i].quantization.min[0] for i in tensors]),
-                np.array([graph.tensors[i].quantization.max[0] for i in tensors]))
-
-    tf_lo, tf_hi = ranges_of(tf_calibrated)
+    tf_lo, tf_hi = _ranges_of(tf_calibrated, tensors)
     names = _tensor_names(skeleton)
     ratio = tf_hi / np.maximum(hi.max(0), 1e-9)
     print("\nWhere TF's calibrator max differs most from the measured global max:")

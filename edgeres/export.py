@@ -336,6 +336,9 @@ def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: 
     if float_layers and _io_types(blob) != (TFLITE_UINT8, TFLITE_UINT8):
         raise ExportError(f"Keeping {', '.join(float_layers)} in float leaves the model without uint8 "
                           f"input/output; keep layers other than the first and the last in float.")
+    if _input_quantization(blob) != (1.0, 0):
+        raise ExportError(f"The int8 model's input quantization is {_input_quantization(blob)}, not raw "
+                          f"pixels (scale 1, zero point 0); apps feeding image bytes would be wrong.")
     return blob, calibrated
 
 
@@ -376,13 +379,23 @@ def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str =
     images = representative_dataset(calibration_set, size)
     if ranges is Ranges.MINMAX:
         conv.representative_dataset = (lambda: (advance() or x for x in images())) if advance else images
-        return conv.convert()
-    # One image gives the calibrated graph (every range slot in place); the ranges come next.
-    conv.representative_dataset = representative_dataset(calibration_set, size, 1)
-    skeleton = conv.convert()
-    tensors = _ranged_tensors(skeleton)
-    lo, hi = activation_stats(skeleton, tensors, (x[0] for x in images()), advance=advance)
-    return _with_ranges(skeleton, tensors, *robust_ranges(lo, hi))
+        calibrated = conv.convert()
+        tensors = _ranged_tensors(calibrated)
+        lo, hi = _ranges_of(calibrated, tensors)
+    else:
+        # One image gives the calibrated graph (every range slot in place); the ranges come next.
+        conv.representative_dataset = representative_dataset(calibration_set, size, 1)
+        calibrated = conv.convert()
+        tensors = _ranged_tensors(calibrated)
+        stats = activation_stats(calibrated, tensors, (x[0] for x in images()), advance=advance)
+        lo, hi = robust_ranges(*stats)
+    # Pixels are 0..255 by definition, whatever the calibration images' brightness: pinning the
+    # input range makes the uint8 input the raw byte (scale 1, zero point 0), which is what
+    # MediaPipe, the examples and edgeres.json's "feed raw pixels" rely on.
+    pixels = _input_tensor(calibrated)
+    if pixels in tensors:
+        lo[tensors.index(pixels)], hi[tensors.index(pixels)] = 0.0, 255.0
+    return _with_ranges(calibrated, tensors, lo, hi)
 
 
 def activation_stats(model_bytes: bytes, tensors: list[int], images, *, advance=None,
@@ -425,6 +438,30 @@ def _ranged_tensors(calibrated: bytes) -> list[int]:
     graph = flatbuffer_utils.convert_bytearray_to_object(calibrated).subgraphs[0]
     return [i for i, t in enumerate(graph.tensors)
             if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)]
+
+
+def _ranges_of(calibrated: bytes, tensors: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.convert_bytearray_to_object(calibrated).subgraphs[0]
+    return (np.array([graph.tensors[t].quantization.min[0] for t in tensors], np.float64),
+            np.array([graph.tensors[t].quantization.max[0] for t in tensors], np.float64))
+
+
+def _input_tensor(model_bytes: bytes) -> int:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return int(schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0).Inputs(0))
+
+
+def _input_quantization(model_bytes: bytes) -> tuple[float, int] | None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
+    q = graph.Tensors(graph.Inputs(0)).Quantization()
+    if q is None or q.ScaleLength() == 0:
+        return None
+    return float(q.Scale(0)), int(q.ZeroPoint(0))
 
 
 def _with_ranges(calibrated: bytes, tensors: list[int], lo, hi) -> bytes:

@@ -341,3 +341,27 @@ def test_rare_outlier_images_break_minmax_not_robust(trained_run, quant_dataset,
     assert report.passed and report.verification["agreement"] >= 0.97
     meta = json.loads((tmp_path / "robust" / "edgeres.json").read_text())
     assert meta["calibration"]["ranges"] == "robust"
+
+
+def test_dark_calibration_images_still_give_raw_pixel_input(trained_run, quant_dataset, tmp_path):
+    """Apps feed image bytes: the int8 input must stay scale 1, zero point 0 even when no
+    calibration image reaches 255 (the range is pinned to 0..255, not measured)."""
+    from PIL import Image
+
+    from edgeres import calibrate as calib
+    from edgeres import data as data_lib
+    from edgeres.export import _input_quantization, convert_int8
+    from edgeres.model import load_model
+
+    for cls in ("cats", "dogs"):
+        folder = tmp_path / "dark" / cls
+        folder.mkdir(parents=True)
+        for p in sorted((quant_dataset / "train" / cls).iterdir())[:12]:
+            dark = (np.asarray(Image.open(p).convert("RGB"), np.float32) * 0.3).astype(np.uint8)
+            Image.fromarray(dark).save(folder / f"{p.stem}.png")
+    cal = calib.draw(data_lib.scan(tmp_path / "dark", progress=False), 24, seed=0)
+    assert max(int(np.asarray(Image.open(p)).max()) for p in cal.paths) < 100
+    model = load_model(trained_run / "model.keras")
+    for ranges in ("robust", "minmax"):
+        blob, _ = convert_int8(model, cal, 64, ranges=ranges)
+        assert _input_quantization(blob) == (1.0, 0), ranges

@@ -696,16 +696,23 @@ def _plot_layer_errors(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     values = [r["rmse_over_scale"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.12), 4))
+    clipped = [100 * r.get("clipped_fraction", 0.0) for r in rows]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.12), 6), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(range(len(values)), values, color=["tab:red" if v > 0.5 else "tab:blue" for v in values])
     ax.axhline(0.29, color="gray", ls="--", lw=1, label="ideal rounding error (0.29)")
+    if max(values, default=0) > 20 * 0.29:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.05)
     worst = sorted(range(len(values)), key=lambda i: -values[i])[:5]
     for i in worst:
         ax.annotate(rows[i]["layer"], (i, values[i]), rotation=60, fontsize=7, ha="left", va="bottom")
-    ax.set_xlabel("layer (graph order)")
     ax.set_ylabel("RMSE / quantization step")
-    ax.set_title("int8 error per layer")
+    ax.set_title("int8 error per layer (this model's ranges)")
     ax.legend()
+    ax2.bar(range(len(clipped)), clipped, color="tab:orange")
+    ax2.set_ylabel("% clipped")
+    ax2.set_xlabel("layer (graph order)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

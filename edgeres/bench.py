@@ -2,6 +2,8 @@
 
 Inputs are fixed random pixels, so a number measures the model and runtime, not a decoder.
 Several models in one run get ratios against the first (int8 vs float32 is the headline).
+On an accelerator or delegate, each result carries the load-time self-check against the CPU
+(probe inputs, top-1 agreement, max |dp|), so a fast number cannot hide wrong answers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class BenchResult:
     throughput_ips: float  # images per second, one at a time (batch 1)
     rss_mb: float  # resident memory after loading and running this model
     peak_rss_mb: float  # process high-water mark so far
+    self_check: dict | None = None  # SelfCheck.to_dict() when an accelerator was checked against the CPU
+    self_check_summary: str | None = None
+    note: str | None = None  # where the model ran, when not where asked (fallback) or another variant
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,12 +49,20 @@ def bench(
     runs: int = 100,
     warmup: int = 10,
     accelerator: Accelerator | str = Accelerator.CPU,
+    delegate: str | Path | None = None,
+    strict: bool = False,
     seed: int = 0,
 ) -> list[BenchResult]:
     """Benchmark each model (batch 1) after ``warmup`` untimed runs."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs={runs!r}: must be 1 or more.")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r}: must be 0 or more.")
+    if not models:
+        raise ValueError("bench needs at least one model.")
     results = []
     for model in models:
-        clf = Classifier(model, threads=threads, accelerator=accelerator)
+        clf = Classifier(model, threads=threads, accelerator=accelerator, delegate=delegate, strict=strict)
         pixels = np.random.default_rng(seed).integers(0, 256, (*clf.input_size, 3), dtype=np.uint8)
         tensor = clf.quantize_input(pixels)
         for _ in range(warmup):
@@ -66,6 +79,9 @@ def bench(
             load_ms=round(clf.load_ms, 2), p50_ms=_r(np.percentile(ms, 50)), p90_ms=_r(np.percentile(ms, 90)),
             p99_ms=_r(np.percentile(ms, 99)), mean_ms=_r(ms.mean()), throughput_ips=_r(1e3 / ms.mean()),
             rss_mb=_r(current_rss_mb()), peak_rss_mb=_r(peak_rss_mb()),
+            self_check=clf.self_check.to_dict() if clf.self_check else None,
+            self_check_summary=clf.self_check.summary() if clf.self_check else None,
+            note=clf.accelerator_note,
         ))
         del clf
     return results

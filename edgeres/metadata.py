@@ -25,13 +25,15 @@ import zipfile
 
 import flatbuffers
 from flatbuffers import encode, packer
-from flatbuffers.number_types import Int8Flags, Uint32Flags
+from flatbuffers.number_types import Int8Flags, Uint32Flags, Uint64Flags
 from flatbuffers.table import Table
 
 __all__ = [
+    "CorruptModelError",
     "EXTRA_JSON_FILE",
     "LABELS_FILE",
     "METADATA_NAME",
+    "check_model_bytes",
     "embed_metadata",
     "read_labels",
     "read_metadata",
@@ -435,6 +437,71 @@ def _parse_labels(content: bytes) -> list[str]:
     if labels and labels[-1] == "":  # trailing newline, as MediaPipe does
         labels.pop()
     return labels
+
+
+class CorruptModelError(ValueError):
+    """A model whose bytes are cut or inconsistent: usually an interrupted copy or download."""
+
+
+def _metadata_file_names(data: bytes) -> list[str]:
+    """Names of every associated file a ModelMetadata flatbuffer refers to (model, subgraph, tensors)."""
+    md = _root(data)
+    names = [_get_string(f, 0) for f in _get_tables(md, 6)]  # ModelMetadata.associated_files
+    for subgraph in _get_tables(md, 3):
+        names += [_get_string(f, 0) for f in _get_tables(subgraph, 4)]  # SubGraphMetadata.associated_files
+        for tensors in (_get_tables(subgraph, 2), _get_tables(subgraph, 3)):
+            for tensor in tensors:
+                names += [_get_string(f, 0) for f in _get_tables(tensor, 6)]  # TensorMetadata.associated_files
+    return sorted({n for n in names if n})
+
+
+def check_model_bytes(model_path_or_bytes: ModelSource) -> None:
+    """Cheap bounds checks that catch a cut or damaged ``.tflite`` before an interpreter reads it.
+
+    Every weight buffer must lie inside the file, and when the model carries TFLITE_METADATA,
+    every associated file it names (``labels.txt``...) must be present and intact (CRC) in the zip
+    appended to the model: cutting the last few KB of an exported model removes exactly those.
+    Not a full flatbuffer verification. Raises :class:`CorruptModelError` naming what is missing.
+    """
+    buf = _load(model_path_or_bytes)
+    _check_tflite(buf)
+    size = len(buf)
+    try:
+        model = _root(buf)
+        if model.Pos >= size:
+            raise CorruptModelError(f"root table at byte {model.Pos} is past the end")
+        for i, buffer in enumerate(_get_tables(model, 4)):  # Model.buffers
+            o = _field_offset(buffer, 0)  # Buffer.data
+            if o:
+                start, n = buffer.Vector(o), buffer.VectorLen(o)
+                if start + n > size:
+                    raise CorruptModelError(f"weight buffer {i} ends at byte {start + n}, past the end")
+            offset = _get_scalar(buffer, 1, Uint64Flags)  # Buffer.offset
+            length = _get_scalar(buffer, 2, Uint64Flags)  # Buffer.size
+            if offset > 1 and offset + length > size:
+                raise CorruptModelError(f"weight buffer {i} ends at byte {offset + length}, past the end")
+        metadata = _metadata_buffer(buf)
+        names = _metadata_file_names(metadata) if metadata is not None else []
+    except CorruptModelError:
+        raise
+    except (IndexError, struct.error) as e:
+        raise CorruptModelError(f"its flatbuffer tables point past byte {size}, the end of the file") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptModelError(f"its flatbuffer is unreadable ({e})") from e
+    if not names:
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
+            present = set(zf.namelist())
+            missing = [n for n in names if n not in present]
+            for name in names:
+                if name in present:
+                    zf.read(name)  # checks the CRC: a file cut mid-way fails here
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CorruptModelError(f"its metadata names {', '.join(names)} but the files appended to the "
+                                f"model are missing or cut ({e})") from e
+    if missing:
+        raise CorruptModelError(f"its metadata names {', '.join(missing)} but the model does not carry them")
 
 
 def read_labels(model_path_or_bytes: ModelSource) -> list[str]:

@@ -64,6 +64,8 @@ class CalibrationSet:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        if path.is_dir():
+            raise CalibrationError(f"--out {path} is a directory; name a manifest file, e.g. {path / 'calibration.txt'}.")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, self.text().encode())
         return path
@@ -120,7 +122,10 @@ def load(path: str | Path, root: str | Path | None = None) -> CalibrationSet:
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"Calibration manifest not found: {path}. Make one with: edgeres calibrate --out {path}")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        lines = []
     if not lines or lines[0].strip() != HEADER:
         raise CalibrationError(f"{path} is not an edgeres calibration manifest (first line should be '{HEADER}').")
     meta = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)

@@ -90,8 +90,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to ``path.tmp`` then rename: a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def versions() -> dict[str, str]:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from edgeres.preprocess import ImageError, decode, is_image_file, load_pixels
+from edgeres.preprocess import IMAGE_SUFFIXES, ImageError, decode, is_image_file, load_pixels
 
 DATA_ENV = "EDGERES_DATA"
 CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -85,10 +85,21 @@ def resolve_data_dir(data: str | Path | None) -> Path:
         data = os.environ[DATA_ENV]
     if data is not None:
         root = Path(data).expanduser()
-        if not root.is_dir():
-            raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+        check_data_dir(root)
         return root
     return download_cats_and_dogs()
+
+
+def check_data_dir(root: Path) -> None:
+    """A dataset root must be a readable folder; say which of those it is not."""
+    if root.is_dir():
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise DataError(f"Dataset folder {root}: permission denied. Make it readable (chmod) or copy it.")
+        return
+    if root.exists():
+        raise DataError(f"--data {root} is a file, not a folder. Pass the folder that holds one folder per class "
+                        f"(or train/ and validation/).")
+    raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
 
 
 def download_cats_and_dogs() -> Path:
@@ -114,7 +125,26 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+    """Image files under ``folder``, and broken symlinks named like images (so they are listed, not lost)."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(f"Class folder {folder}: permission denied. Make it readable (chmod -R u+rX) or remove it.")
+    return sorted(p for p in folder.rglob("*")
+                  if is_image_file(p) or (_broken_link(p) and p.suffix.lower() in IMAGE_SUFFIXES))
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why a symlink cannot be followed (dangling, or a loop), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"dangling symlink (target {os.readlink(path)} does not exist)"
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            return "symlink loop"
+        return f"cannot follow symlink ({e.strerror or e})"
+    return None
 
 
 def find_layout(root: Path) -> tuple[tuple[str, ...], dict[str, dict[str, list[Path]]]]:
@@ -138,17 +168,27 @@ def find_layout(root: Path) -> tuple[tuple[str, ...], dict[str, dict[str, list[P
         if extra:
             raise DataError(f"{val_dir} has class folders not in {train_dir}: {', '.join(extra)}.")
         return classes, splits
+    val_dir = next((sub[s] for s in VAL_SPLITS if s in sub), None)
+    if val_dir is not None and len(sub) == 1:
+        # Only validation/ (an evaluation set): its subfolders are the classes, not "validation".
+        classes = tuple(d.name for d in _class_dirs(val_dir))
+        return classes, {"validation": {c: _images(val_dir / c) for c in classes}}
     classes = tuple(d.name for d in _class_dirs(root))
     return classes, {"all": {c: _images(root / c) for c in classes}}
 
 
 def _check(path: Path) -> tuple[str, str | None]:
     """Content SHA-256 and, for a file that will not decode, the reason."""
+    link = _broken_link(path)
+    if link:
+        return "", link
     try:
         data = path.read_bytes()
     except OSError as e:
         return "", f"cannot read ({e.strerror or e})"
     digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return digest, "file is empty (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (64, 64))  # JPEG DCT scaling: checks the whole stream, 8x faster
@@ -156,6 +196,8 @@ def _check(path: Path) -> tuple[str, str | None]:
         decode(data, name=str(path))  # catches what draft skips (EXIF, odd modes)
     except ImageError as e:
         return digest, str(e).split(": ", 1)[-1]
+    except UnidentifiedImageError:
+        return digest, "not an image Pillow can decode (JPEG, PNG, BMP, GIF, WebP, TIFF)"
     except Exception as e:
         return digest, f"corrupt or truncated image ({e})"
     return digest, None
@@ -171,7 +213,11 @@ def scan(
 ) -> Dataset:
     """Find, decode-check and hash every image under ``root``; split a flat layout."""
     root = Path(root)
+    check_data_dir(root)
     classes, splits = find_layout(root)
+    if "train" not in splits and "all" not in splits:
+        raise DataError(f"{root} holds only a validation split; training and calibration need "
+                        f"{root}/train/<class>/ too (or class folders directly under {root}).")
     if len(classes) < 2:
         raise DataError(
             f"{root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "

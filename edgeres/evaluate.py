@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.data import DataError, find_layout
+from edgeres.data import check_data_dir, DataError, find_layout
 from edgeres.preprocess import ImageError, decode, to_pixels
 from edgeres.runtime import Classifier
 
@@ -84,8 +84,7 @@ class Evaluation:
 def labelled_images(root: str | Path, split: str = "validation") -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
     """``(classes, [(path, label)])`` of a split layout's ``split``, or of every image of a flat one."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+    check_data_dir(root)
     classes, splits = find_layout(root)
     per_class = splits.get(split) or splits.get("all") or {}
     items = [(p, i) for i, c in enumerate(classes) for p in per_class.get(c, [])]
@@ -164,13 +163,26 @@ def compare(
 
 
 def _label_map(clf: Classifier, classes: tuple[str, ...]) -> list[int]:
-    """Model output index -> dataset class index, by name; by position when names are generic."""
-    if set(clf.labels) == set(classes):
-        return [classes.index(label) for label in clf.labels]
-    if len(clf.labels) != len(classes):
-        raise DataError(f"{clf.path} predicts {len(clf.labels)} classes ({', '.join(clf.labels)}) but the "
-                        f"dataset has {len(classes)} ({', '.join(classes)}).")
-    return list(range(len(classes)))
+    """Model output index -> dataset class index, matched by name, never by position.
+
+    Names match when equal after ``casefold()`` and stripping spaces (``Dogs`` is ``dogs``), as
+    long as that leaves no two names equal; anything else is refused, naming both sets.
+    """
+    def key(name: str) -> str:
+        return name.strip().casefold()
+
+    model_keys = [key(label) for label in clf.labels]
+    data_keys = {key(c): i for i, c in enumerate(classes)}
+    if len(set(model_keys)) != len(model_keys) or len(data_keys) != len(classes):
+        raise DataError(f"Class names differ only in case, so they cannot be matched: model {clf.path.name} has "
+                        f"{', '.join(clf.labels)}; the dataset has {', '.join(classes)}. Rename the folders.")
+    missing = [c for c in classes if key(c) not in model_keys]
+    missing += [label for label in clf.labels if key(label) not in data_keys]
+    if missing:
+        raise DataError(f"The dataset's class folders ({', '.join(classes)}) do not match the labels of "
+                        f"{clf.path.name} ({', '.join(clf.labels)}): unmatched: {', '.join(missing)}. "
+                        f"Name each class folder after a model label (case does not matter).")
+    return [data_keys[k] for k in model_keys]
 
 
 def _score(path, backend, truth, pred, probs, paths, classes, latencies) -> ModelEvaluation:

@@ -146,8 +146,8 @@ def export(
     formats = tuple(dict.fromkeys(Format(f) for f in formats))
     run = _load_run(run_dir)
     out = Path(out) if out is not None else Path("export") / run_dir.name
-    if out.exists() and not force:
-        raise FileExistsError(f"Bundle {out} already exists. Pass --force to replace it, or choose another --out.")
+    check_replaceable(out, run_dir, force=force)
+    clean_stale_partials(out)
     labels, size = run["labels"], run["train"]["image_size"]
     arch = run["train"]["arch"]
     timings = {}
@@ -221,17 +221,25 @@ def export(
             worst = layer_error_report(model, calibrated, calibration_set, size, tmp)
             timings["layer_report"] = time.perf_counter() - t
 
-        meta.update(models={k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in files.items()},
+        meta.update(models={k: {"file": v["file"]} for k, v in files.items()},
                     verification=verification, max_drop_pp=max_drop,
                     status="passed" if passed else "failed", worst_layers=worst[:10],
                     seconds={k: round(v, 2) for k, v in timings.items()})
         # The measured numbers go inside each .tflite too, then into edgeres.json beside them.
         _write_models(tmp, files, meta, labels, size)
+        # Sizes of the files as finally written (the embedded metadata changes them, so they
+        # cannot be inside the files themselves).
+        for fmt, info in files.items():
+            meta["models"][fmt]["bytes"] = info["bytes"]
+            if isinstance(verification.get(fmt), dict):
+                verification[fmt]["bytes"] = info["bytes"]
+        if "size_ratio" in verification and "int8" in files and "float32" in files:
+            verification["size_ratio"] = files["int8"]["bytes"] / files["float32"]["bytes"]
         write_json_atomic(tmp / "edgeres.json", meta)
         if not passed:
             (tmp / "FAILED").write_text(f"int8 accuracy dropped {verification['accuracy_drop_pp']:.2f} pp "
                                         f"(allowed {max_drop:.2f}). See edgeres.json.\n")
-        _replace_dir(tmp, out)
+        _replace_dir(tmp, out, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -263,15 +271,97 @@ def _write_models(tmp: Path, files: dict, meta: dict, labels, size: int) -> None
         info["bytes"] = len(blob)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
+# What an export writes into a bundle, and what `edgeres evaluate --report` may add to it: the
+# only entries `--force` will delete. Anything else in the folder means it is not (only) ours.
+BUNDLE_ENTRIES = ("edgeres.json", "labels.txt", "calibration.txt", "FAILED", "probes.npz",
+                  "model_*.tflite", "layer_errors.*", "client_check.json")
+
+
+def check_replaceable(out: Path, run_dir: Path, *, force: bool) -> None:
+    """Refuse to touch ``out`` unless it is absent, or ``force`` and it is an edgeres bundle only.
+
+    ``--force`` once deleted whatever ``--out`` named (the training run itself, a parent folder of
+    bundles): now it replaces a directory only when it holds ``edgeres.json`` and nothing but the
+    files an export or an evaluation report writes.
+    """
+    out, run_dir = Path(out), Path(run_dir)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise FileExistsError(f"Bundle {out} already exists. Pass --force to replace it, or choose another --out.")
+    resolved, run = out.resolve(), run_dir.resolve()
+    if resolved == run or resolved in run.parents:
+        raise FileExistsError(f"--out {out} is the training run {run_dir} or a folder above it; "
+                              f"--force replaces only an export bundle. Choose another --out.")
+    if not out.is_dir() or not (out / "edgeres.json").is_file():
+        raise FileExistsError(f"--out {out} exists and is not an edgeres bundle (no edgeres.json); "
+                              f"--force replaces only bundles. Choose another --out or remove it yourself.")
+    if (out / "model.keras").exists() or (out / "config.json").exists():
+        raise FileExistsError(f"--out {out} holds a training run (model.keras/config.json); "
+                              f"--force replaces only an export bundle. Choose another --out.")
+    foreign = sorted(p.name for p in out.iterdir() if not _is_bundle_entry(p))
+    if foreign:
+        raise FileExistsError(f"--out {out} holds files an export did not write ({', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}); --force will not delete them. "
+                              f"Move them out or choose another --out.")
+
+
+def _is_bundle_entry(path: Path) -> bool:
+    import fnmatch
+
+    if path.is_symlink():
+        return False
+    if path.is_dir():  # an `edgeres evaluate --report DIR` folder inside the bundle
+        return (path / "report.json").is_file() and all(
+            p.is_file() and not p.is_symlink() and p.suffix in (".json", ".csv", ".png") for p in path.iterdir())
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in BUNDLE_ENTRIES)
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove ``.NAME.partial-PID`` / ``.NAME.old-PID`` folders left by exports that were killed."""
+    removed = []
+    parent = Path(out).parent
+    if not parent.is_dir():
+        return removed
+    for leftover in parent.glob(f".{Path(out).name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not kind.endswith((".partial", ".old")) or not pid.isdigit() or not leftover.is_dir():
+            continue
+        if _process_alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _replace_dir(tmp: Path, out: Path, *, force: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
+    if force and out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    # Without --force the name is claimed atomically: rename(2) fails on a non-empty directory,
+    # so of two exports racing to the same --out exactly one wins and the other says so.
+    if out.exists() or out.is_symlink():
+        raise FileExistsError(f"Bundle {out} was created by another export while this one ran; "
+                              f"nothing was replaced. Pass --force to replace it, or choose another --out.")
+    try:
         tmp.rename(out)
+    except OSError as e:
+        raise FileExistsError(f"Bundle {out} was created by another export while this one ran; "
+                              f"nothing was replaced ({e.strerror}).") from e
 
 
 # -- conversion ----------------------------------------------------------------------

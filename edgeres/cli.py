@@ -71,10 +71,21 @@ _MISSING_EXTRA = {
     "matplotlib": "plots need matplotlib: pip install 'edgeres[train]' (or matplotlib)",
 }
 
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores; LiteRT's own default is 1).")]
-AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto | cpu | gpu. gpu uses LiteRT's GPU accelerator; when it is unavailable edgeres says why and runs on CPU.")]
-DelegateOpt = Annotated[Optional[Path], typer.Option("--delegate", help="External delegate library (.so), e.g. a TFLite GPU or Edge TPU delegate.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail instead of falling back to CPU when the accelerator or delegate is unavailable.")]
+def _finite(value):
+    """Typer callback: reject NaN and infinities (click's min=/max= let NaN through)."""
+    import math
+
+    if value is not None and isinstance(value, float) and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number. Received: {value}.")
+    return value
+
+
+from edgeres.runtime import Accelerator  # noqa: E402 -- light: numpy + the runtime, no LiteRT import yet
+
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores; LiteRT's own default is 1). More than 4 per core is capped, with a note.")]
+AcceleratorOpt = Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="gpu uses LiteRT's GPU accelerator (a bundle runs its float16 model there). Any accelerator is checked against the CPU on probe inputs when it loads; when it is unavailable or disagrees, edgeres says why and runs on CPU.")]
+DelegateOpt = Annotated[Optional[Path], typer.Option("--delegate", exists=True, dir_okay=False, help="External delegate library (.so), e.g. a TFLite GPU or Edge TPU delegate; checked against the CPU when it loads.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail instead of falling back to CPU when the accelerator or delegate is unavailable or disagrees with the CPU.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
@@ -131,7 +142,7 @@ def train(
 def calibrate(
     out: Annotated[Path, typer.Option(help="Manifest to write, e.g. calibration/cats-dogs.txt.")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset root (default: $EDGERES_DATA).")] = None,
-    size: Annotated[int, typer.Option(help="Images to draw, stratified per class, from the train split.")] = 300,
+    size: Annotated[int, typer.Option(min=1, help="Images to draw, stratified per class, from the train split.")] = 300,
     seed: Annotated[int, typer.Option(help="Same seed, same manifest.")] = 0,
 ):
     """Draw a calibration manifest: N train images per class-stratified, seeded, with SHA-256s.
@@ -165,12 +176,12 @@ def export_cmd(
     float32: Annotated[bool, typer.Option("--float32", help="float32 reference (always written with --int8, to verify against).")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic range: int8 weights, float activations.")] = False,
     data: Annotated[Optional[Path], typer.Option(help="Dataset root for calibration and verification (default: the run's).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option(help="Calibration manifest from `edgeres calibrate` (hashes are checked).")] = None,
-    calibration_size: Annotated[int, typer.Option(help="Without --calibration: images to draw (stratified, seeded).")] = 300,
-    max_drop: Annotated[float, typer.Option(help="Fail (exit 1, bundle marked FAILED) if int8 accuracy is more than PP points below float32.")] = 1.0,
+    calibration: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Calibration manifest from `edgeres calibrate` (hashes are checked).")] = None,
+    calibration_size: Annotated[int, typer.Option(min=1, help="Without --calibration: images to draw (stratified, seeded).")] = 300,
+    max_drop: Annotated[float, typer.Option(min=0.0, max=100.0, callback=_finite, help="Fail (exit 1, bundle marked FAILED) if int8 accuracy is more than PP points below float32.")] = 1.0,
     float_layers: Annotated[Optional[str], typer.Option(help="Comma-separated Keras layer names to keep in float (trade speed for accuracy; see layer_errors.csv).")] = None,
     ranges: Annotated[str, typer.Option(help="int8 activation ranges, robust | minmax. robust: each image's exact min/max per tensor, median over groups of 10 images, so a rare outlier image cannot stretch a range. minmax: TensorFlow's calibrator, global min/max (one outlier widens a range for all images).")] = "robust",
-    verify_limit: Annotated[Optional[int], typer.Option(help="Verify on at most N validation images (default: all).")] = None,
+    verify_limit: Annotated[Optional[int], typer.Option(min=1, help="Verify on at most N validation images (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     layer_report: Annotated[bool, typer.Option(help="Per-layer int8 error report (layer_errors.csv/.png).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for drawing the calibration set.")] = 0,
@@ -196,6 +207,8 @@ def export_cmd(
             formats = ["int8"]
         if "int8" in formats and "float32" not in formats:
             formats.append("float32")  # the reference int8 is verified against
+        if "int8" in formats and "float16" not in formats:
+            formats.append("float16")  # what a GPU runs: LiteRT's GPU path computes int8 wrongly (benchmarks/gpu.md)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             try:
@@ -250,7 +263,7 @@ def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
 def predict(
     model: Annotated[Path, typer.Argument(help="A .tflite file or an export bundle directory (uses its int8 model).")],
     paths: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Show the K best classes.")] = 1,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K best classes.")] = 1,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
     accelerator: AcceleratorOpt = "auto",
@@ -314,7 +327,7 @@ def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
     data: Annotated[Path, typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*.")],
     split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
-    limit: Annotated[Optional[int], typer.Option(help="At most N images, spread over the classes.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
@@ -357,12 +370,16 @@ def evaluate(
 def bench(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; ratios are against the first.")],
     threads: ThreadsOpt = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
-    accelerator: AcceleratorOpt = "cpu",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
+    accelerator: AcceleratorOpt = Accelerator.CPU,
+    delegate: DelegateOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
 ):
     """Latency (p50/p90/p99), throughput, load time and memory of each model, batch 1.
+
+    With --accelerator gpu or --delegate, also the accelerator's self-check against the CPU.
 
     Example (the headline): edgeres bench export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --threads 2
     """
@@ -370,7 +387,8 @@ def bench(
         from edgeres.bench import bench as run_bench
         from edgeres.bench import ratios
 
-        results = run_bench(models, threads=threads, runs=runs, warmup=warmup, accelerator=accelerator)
+        results = run_bench(models, threads=threads, runs=runs, warmup=warmup, accelerator=accelerator,
+                            delegate=delegate, strict=strict)
         speedups = ratios(results)
         if json_out:
             typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
@@ -386,6 +404,9 @@ def bench(
                           f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.rss_mb:.0f}",
                           f"{speedups.get(r.path, 1.0):.2f}x")
         Console().print(table)
+        for r in results:
+            if r.self_check:
+                typer.echo(f"{Path(r.path).name}: {r.self_check_summary}")
 
 
 @app.command()
@@ -397,8 +418,8 @@ def camera(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per processed frame on stdout (index, timestamp, label, score, latency).")] = False,
     compare: Annotated[Optional[Path], typer.Option(help="A second model run on the same frames (e.g. float32 beside int8), with the running disagreement rate.")] = None,
     realtime: Annotated[Optional[bool], typer.Option("--realtime/--every-frame", help="Keep only the newest frame (default for cameras and URLs) or process every frame (default for files and folders: reproducible).")] = None,
-    smoothing: Annotated[Optional[float], typer.Option(help="Average probabilities over frames, 0..0.99 (default 0.6 live, 0 for files), so the label does not flicker.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option(help="Stop after N processed frames.")] = None,
+    smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, callback=_finite, help="Average probabilities over frames, 0..0.99 (default 0.6 live, 0 for files), so the label does not flicker.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N processed frames.")] = None,
     snapshot_dir: Annotated[Path, typer.Option(help="Where the s key saves snapshots.")] = Path("."),
     accelerator: AcceleratorOpt = "auto",
     threads: ThreadsOpt = None,

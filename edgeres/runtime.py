@@ -542,8 +542,9 @@ class Classifier:
 
     def _self_check(self, accelerated: Backend, strict: bool):
         """``accelerated`` if it agrees with the CPU on the probes, else None (or AcceleratorError)."""
+        probes = self.probes()  # a broken probes.npz is the bundle's fault: ModelError, not a fallback
         try:
-            check = self.check_against_cpu(accelerated)
+            check = self.check_against_cpu(accelerated, probes)
         except Exception as e:  # noqa: BLE001 -- any failure of a foreign backend means: do not use it
             self._fallback(f"{getattr(accelerated, 'name', 'accelerator')} failed on a probe input "
                            f"({type(e).__name__}: {_first_line(e)})", strict)
@@ -554,10 +555,11 @@ class Classifier:
             return None
         return accelerated
 
-    def check_against_cpu(self, accelerated: Backend) -> SelfCheck:
-        """Run the probe inputs on ``accelerated`` and on the CPU interpreter; compare probabilities."""
+    def check_against_cpu(self, accelerated: Backend, probes: tuple[np.ndarray, str] | None = None) -> SelfCheck:
+        """Run the probe inputs (default: :meth:`probes`) on ``accelerated`` and on the CPU
+        interpreter; compare probabilities."""
         t0 = time.perf_counter()
-        probes, source = self.probes()
+        probes, source = probes if probes is not None else self.probes()
         cpu = np.stack([self._probabilities(self._cpu.run(self.quantize_input(p))) for p in probes])
         acc = np.stack([self._probabilities(np.asarray(accelerated.run(self.quantize_input(p))))
                         for p in probes])
@@ -664,12 +666,13 @@ class Classifier:
                 "accelerator_note": self.accelerator_note}
 
 
-def check_accelerator(model: str | Path, *, accelerator: Accelerator | str = Accelerator.GPU,
+def check_accelerator(model: str | Path, *, accelerator: Accelerator | str | None = None,
                       delegate: str | Path | None = None, threads: int | None = None) -> dict:
     """What ``model`` gets on this machine's accelerator (for ``edgeres doctor``): the backend
     used, the self-check numbers, and the fallback line if any. Never raises for an
     unavailable or disagreeing accelerator; a broken model still raises ModelError."""
     messages: list[str] = []
+    accelerator = accelerator or (Accelerator.AUTO if delegate else Accelerator.GPU)
     clf = Classifier(model, accelerator=accelerator, delegate=delegate, threads=threads, log=messages.append)
     return {"model": str(clf.path), "requested": f"delegate {delegate}" if delegate else parse_accelerator(accelerator).value,
             "backend": clf.backend, "accelerated": clf._backend is not clf._cpu,  # noqa: SLF001

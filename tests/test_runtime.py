@@ -122,7 +122,7 @@ def test_bad_models_get_one_clear_message(tiny_bundle, tmp_path):
     cases["notes.txt"] = "not a .tflite model"
     blob = (tiny_bundle / "model_int8.tflite").read_bytes()
     (tmp_path / "truncated.tflite").write_bytes(blob[: len(blob) // 2])
-    cases["truncated.tflite"] = "could not load the model"
+    cases["truncated.tflite"] = "the file is cut or damaged"
     cases["missing.tflite"] = "no such file"
     (tmp_path / "empty_dir").mkdir()
     cases["empty_dir"] = "not an edgeres bundle"

@@ -461,7 +461,8 @@ def check_model_bytes(model_path_or_bytes: ModelSource) -> None:
     Every weight buffer must lie inside the file, and when the model carries TFLITE_METADATA,
     every associated file it names (``labels.txt``...) must be present and intact (CRC) in the zip
     appended to the model: cutting the last few KB of an exported model removes exactly those.
-    Not a full flatbuffer verification. Raises :class:`CorruptModelError` naming what is missing.
+    Not a full flatbuffer verification: LiteRT's loader verifies the flatbuffer itself, but cannot
+    see the zip past its end. Raises :class:`CorruptModelError` naming what is missing.
     """
     buf = _load(model_path_or_bytes)
     _check_tflite(buf)

@@ -307,6 +307,19 @@ def test_truncated_model_is_refused_naming_the_file(tiny_bundle, tmp_path, cut):
     assert len(out.stderr.strip().splitlines()) == 1 and "class_0" not in out.stdout + out.stderr
 
 
+def test_cut_bare_model_is_refused(tiny_bundle, tmp_path):
+    """Without metadata there is no zip to check: LiteRT's flatbuffer verifier refuses the cut."""
+    import io
+    import zipfile
+
+    blob = (tiny_bundle / "model_int8.tflite").read_bytes()
+    bare = blob[:min(i.header_offset for i in zipfile.ZipFile(io.BytesIO(blob)).infolist())]
+    for cut in (64, 4096):
+        (tmp_path / "bare.tflite").write_bytes(bare[:-cut])
+        with pytest.raises(ModelError, match=r"bare.tflite: (the file is cut or damaged|LiteRT could not load)"):
+            Classifier(tmp_path / "bare.tflite")
+
+
 def test_truncated_model_inside_a_bundle_is_refused(bundle_copy):
     """The bundle's edgeres.json and labels.txt must not paper over a cut model either."""
     model = bundle_copy / "model_int8.tflite"

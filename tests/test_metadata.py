@@ -235,3 +235,36 @@ def test_mediapipe_image_classifier_reads_labels(models, tmp_path):
 
     assert classify(models["int8"]).returncode == 1  # runs, but categories have no names
     assert classify(models["float32"]).returncode == 2  # float input needs NormalizationOptions
+
+
+# -- cut models (issue 14, item 3) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_check_model_bytes_accepts_whole_models(models, kind):
+    md.check_model_bytes(models[kind])  # bare: no metadata, buffers only
+    md.check_model_bytes(_embed(models[kind], extra_json=json.dumps({"x": "y" * 3000})))
+
+
+def test_check_model_bytes_finds_every_cut(models):
+    """Any cut of an embedded model is caught: in the appended zip by the metadata's file list
+    and CRCs, in the flatbuffer by the weight-buffer bounds."""
+    blob = _embed(models["int8"], extra_json=json.dumps({"x": "y" * 3000}))
+    zip_start = min(i.header_offset for i in zipfile.ZipFile(io.BytesIO(blob)).infolist())
+    for cut in (1, 22, 100, 1024, 3000, len(blob) - zip_start, len(blob) - zip_start + 16, len(blob) // 2):
+        with pytest.raises(md.CorruptModelError) as e:
+            md.check_model_bytes(blob[:-cut])
+        if cut <= len(blob) - zip_start:
+            assert "its metadata names edgeres.json, labels.txt" in str(e.value), cut
+    for cut in (16, 256, zip_start // 2):  # into the flatbuffer: the zip is gone and, deeper, the weights
+        with pytest.raises(md.CorruptModelError):
+            md.check_model_bytes(blob[:zip_start - cut])
+
+
+def test_check_model_bytes_finds_a_damaged_associated_file(models):
+    blob = bytearray(_embed(models["int8"]))
+    i = blob.rindex(b"cats\ndogs")
+    blob[i] = ord("b")  # same length, wrong CRC
+    with pytest.raises(md.CorruptModelError, match="missing or cut"):
+        md.check_model_bytes(bytes(blob))
+

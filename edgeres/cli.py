@@ -448,6 +448,33 @@ def camera(
             raise typer.Exit(130)
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
+    https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
+):
+    """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
+
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels
+    edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's
+    labels and verification numbers. Everything is served from this machine (works offline);
+    only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+
+    Example: edgeres serve export/cats-dogs
+    Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https
+    """
+    with _friendly_errors():
+        from edgeres.serve import ServeError, serve as serve_bundle
+
+        try:
+            serve_bundle(bundle, host=host, port=port, https=https, log=typer.echo)
+        except ServeError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

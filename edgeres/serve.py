@@ -1,0 +1,465 @@
+"""``edgeres serve``: an export bundle live in a web page, on this machine or on a phone.
+
+    server = make_server("export/cats-dogs", host="127.0.0.1", port=8000)
+    server.serve_forever()          # or: serve(...), which prints the URL and blocks
+
+The page (``edgeres/web/``: static HTML and JS, no build step) runs the bundle's ``.tflite``
+files with LiteRT.js on WebAssembly (XNNPACK), the same kernels as the Python runtime, and
+feeds them pixels that ``web/pixels.js`` computes with the resize of
+:func:`edgeres.preprocess.to_pixels` (the tests require byte equality on real photos).
+
+Only three kinds of path are served, each looked up by exact name in a list made at start:
+the page's own files, the pinned LiteRT.js files in ``web/vendor/`` (copied there by
+``npm ci``, see ``package.json``; ``$EDGERES_WEB_ASSETS`` points elsewhere), and the
+bundle's top-level files. Nothing is resolved from the request path, so ``..`` cannot escape.
+
+Only the standard library (plus the LiteRT runtime, to read the models' quantization) is
+imported; never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+PAGE_FILES = ("index.html", "app.js", "pixels.js", "style.css")
+ASSETS_ENV = "EDGERES_WEB_ASSETS"
+# What the page loads from the vendor folder (written by web/copy_vendor.mjs on `npm ci`).
+REQUIRED_ASSETS = (
+    "litertjs/core/index.js",
+    "litertjs/wasm-utils/index.js",
+    "litertjs/wasm/litert_wasm_internal.js",
+    "litertjs/wasm/litert_wasm_internal.wasm",
+)
+ASSETS_HINT = ("get them with `npm ci` in the edgeres source checkout (needs Node.js 18+; it copies the "
+               "pinned LiteRT.js files into edgeres/web/vendor/), or point $EDGERES_WEB_ASSETS at a folder "
+               "holding them")
+CONFIG_NAME = "config.json"  # served as /bundle/config.json, made here from edgeres.json + the models
+MODEL_ORDER = ("int8", "float16", "dynamic", "float32")
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                 ".json": "application/json", ".wasm": "application/wasm", ".txt": "text/plain; charset=utf-8",
+                 ".csv": "text/csv; charset=utf-8", ".png": "image/png", ".map": "application/json"}
+
+
+class ServeError(RuntimeError):
+    """A bundle, asset or network problem the user can fix; the message says how."""
+
+
+# -- what is served ---------------------------------------------------------------------------
+
+
+def vendor_dir() -> Path:
+    return Path(os.environ.get(ASSETS_ENV) or WEB_DIR / "vendor")
+
+
+def check_assets(directory: Path | None = None) -> Path:
+    """The folder holding the LiteRT.js files, or :class:`ServeError` naming what is missing."""
+    directory = Path(directory or vendor_dir())
+    missing = [name for name in REQUIRED_ASSETS if not (directory / name).is_file()]
+    if missing:
+        raise ServeError(f"the page's JS/WASM assets are missing from {directory} ({missing[0]}"
+                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}): {ASSETS_HINT}.")
+    return directory
+
+
+def pin_batch(data: bytes) -> tuple[bytes, int]:
+    """The model with every ``shape_signature`` batch of -1 set to 1, and how many were set.
+
+    LiteRT.js checks input buffers against the signature and has no resize call, so a
+    ``[-1, H, W, 3]`` input cannot be fed. The model is already allocated at batch 1 (its
+    ``shape``); only the signature's ``-1`` changes, in place, so the graph and weights are
+    byte-identical to the file on disk.
+    """
+    import flatbuffers
+    from flatbuffers.table import Table
+
+    buf = bytearray(data)
+
+    def tables(t: Table, slot: int) -> list[Table]:
+        o = t.Offset(4 + 2 * slot)
+        if not o:
+            return []
+        vec = t.Vector(o)
+        return [Table(buf, t.Indirect(vec + 4 * i)) for i in range(t.VectorLen(o))]
+
+    root = Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+    pinned = 0
+    for subgraph in tables(root, 2):  # Model.subgraphs
+        for tensor in tables(subgraph, 0):  # SubGraph.tensors
+            o = tensor.Offset(4 + 2 * 7)  # Tensor.shape_signature
+            if o and tensor.VectorLen(o) and struct.unpack_from("<i", buf, tensor.Vector(o))[0] == -1:
+                struct.pack_into("<i", buf, tensor.Vector(o), 1)
+                pinned += 1
+    return bytes(buf), pinned
+
+
+@dataclass(frozen=True)
+class ServedBundle:
+    """A bundle as the page sees it: its files by name, models pinned, and the page config."""
+
+    path: Path
+    files: dict[str, Path]  # top-level regular files, by name
+    models: dict[str, bytes]  # file name -> bytes served (batch pinned)
+    config: dict
+
+    @property
+    def variants(self) -> list[str]:
+        return [m["variant"] for m in self.config["models"]]
+
+
+def load_bundle(path: str | Path) -> ServedBundle:
+    """Read a bundle directory: its files, its models' I/O (through LiteRT) and ``edgeres.json``."""
+    from edgeres.runtime import BUNDLE_JSON, Classifier, ModelError
+
+    path = Path(path)
+    if not path.is_dir():
+        what = "a file" if path.exists() else "no such directory"
+        raise ServeError(f"{path}: {what}; pass an export bundle directory (edgeres export RUN --int8 --out DIR).")
+    root = path.resolve()
+    files = {}
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if not entry.resolve().is_relative_to(root):  # a symlink out of the bundle is not its file
+            continue
+        files[entry.name] = entry
+    info = {}
+    if BUNDLE_JSON in files:
+        try:
+            info = json.loads(files[BUNDLE_JSON].read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ServeError(f"{files[BUNDLE_JSON]}: unreadable ({e}); re-export the bundle.") from e
+    listed = {name: m.get("file") for name, m in (info.get("models") or {}).items()}
+    if listed:
+        candidates = [(v, listed[v]) for v in sorted(listed, key=_variant_rank)]
+    else:  # a folder of .tflite files without edgeres.json
+        candidates = [(Path(n).stem.removeprefix("model_"), n) for n in files if n.endswith(".tflite")]
+    candidates = [(v, f) for v, f in candidates if f in files]
+    if not candidates:
+        raise ServeError(f"{path}: no .tflite model in this bundle (edgeres.json lists "
+                         f"{', '.join(listed) or 'none'}); export one with: edgeres export RUN --int8 --out {path}")
+    models, described = {}, []
+    for variant, name in candidates:
+        clf = Classifier(files[name], accelerator="cpu", threads=1, log=lambda m: None)
+        d = clf.describe()
+        data, pinned = pin_batch(files[name].read_bytes())
+        models[name] = data
+        described.append({"variant": variant, "file": name, "url": f"bundle/{name}", "bytes": len(data),
+                          "input": d["input"], "output": d["output"], "labels": d["labels"],
+                          "batch_pinned": pinned})
+        del clf
+    labels = described[0]["labels"]
+    for m in described[1:]:
+        if m["labels"] != labels:
+            raise ModelError(f"{path}: {m['file']} has labels {m['labels']} but {described[0]['file']} has "
+                             f"{labels}; re-export the bundle.")
+    config = {
+        "name": info.get("name") or path.resolve().name,
+        "labels": labels,
+        "input": {**(info.get("input") or {}), "size": described[0]["input"]["size"],
+                  "resize_rule": _resize_rule(info)},
+        "models": described,
+        "verification": info.get("verification"),
+        "status": info.get("status"),
+        "arch": info.get("arch"),
+        "versions": info.get("versions"),
+        "files": sorted(files),
+    }
+    return ServedBundle(path, files, models, config)
+
+
+def _resize_rule(info: dict) -> str:
+    """The resize rule the bundle's model was validated with, by the name pixels.js knows."""
+    from edgeres import preprocess
+
+    resize_of = getattr(preprocess, "resize_of", None)
+    return resize_of(info).value if resize_of else "antialias"  # edgeres 0.1: Pillow's resize only
+
+
+def _variant_rank(variant: str) -> int:
+    return MODEL_ORDER.index(variant) if variant in MODEL_ORDER else len(MODEL_ORDER)
+
+
+# -- the HTTP server --------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edgeres-serve"
+    routes: dict[str, tuple[Path | None, bytes | None]] = {}  # set per server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._respond(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._respond(head=True)
+
+    def _respond(self, head: bool) -> None:
+        name = unquote(urlsplit(self.path).path)
+        if name in ("", "/"):
+            name = "/index.html"
+        if name == "/favicon.ico":
+            self.send_response(HTTPStatus.NO_CONTENT)
+            self.end_headers()
+            return
+        route = self.server.routes.get(name)
+        if route is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "Not served: only the page, its assets and the bundle's files are.")
+            return
+        path, body = route
+        try:
+            if body is None:
+                body = path.read_bytes()
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND, "File vanished.")
+            return
+        suffix = Path(name).suffix.lower()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", CONTENT_TYPES.get(suffix, "application/octet-stream"))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if not head:
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    def end_headers(self) -> None:
+        # Cross-origin isolation lets LiteRT.js use its threaded WASM build (SharedArrayBuffer).
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:  # quiet: the page reports, not the log
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+    verbose = False
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:  # handshake in the handler's thread, not the accept loop
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def _routes(bundle: ServedBundle, assets: Path) -> dict[str, tuple[Path | None, bytes | None]]:
+    routes = {f"/{name}": (WEB_DIR / name, None) for name in PAGE_FILES}
+    for file in sorted(assets.rglob("*")):
+        if file.is_file() and not file.name.startswith("."):
+            routes["/vendor/" + file.relative_to(assets).as_posix()] = (file, None)
+    for name, file in bundle.files.items():
+        routes[f"/bundle/{name}"] = (file, bundle.models.get(name))
+    routes[f"/bundle/{CONFIG_NAME}"] = (None, json.dumps(bundle.config, indent=1).encode())
+    return routes
+
+
+def make_server(bundle: str | Path | ServedBundle, *, host: str = "127.0.0.1", port: int = 8000,
+                https: bool = False, assets: Path | None = None, cert_dir: Path | None = None) -> _Server:
+    """Bind the server (not yet serving): ``server.url`` is the page, ``server.bundle`` what it serves."""
+    served = bundle if isinstance(bundle, ServedBundle) else load_bundle(bundle)
+    assets = check_assets(assets)
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        server = server_class((host, port), _Handler)
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host}: not an address of this machine ({e.strerror}); "
+                         f"use 127.0.0.1, or 0.0.0.0 for every network.") from e
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is in use (another edgeres serve?); pick another with "
+                             f"--port {port + 1 if port else 8001}, or stop the other server.") from e
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise ServeError(f"port {port}: permission denied (ports below 1024 need root); use --port 8000.") from e
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise ServeError(f"--host {host}: not an address of this machine; use 127.0.0.1 or 0.0.0.0.") from e
+        raise
+    server.routes = _routes(served, assets)
+    server.bundle = served
+    scheme = "https" if https else "http"
+    if https:
+        names = _certificate_hosts(host)
+        cert, key = self_signed_certificate(cert_dir or Path(tempfile.mkdtemp(prefix="edgeres-tls-")), names)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.ssl_context = context
+    bound_port = server.server_address[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    server.url = f"{scheme}://{_url_host(shown)}:{bound_port}/"
+    server.lan_urls = ([f"{scheme}://{_url_host(ip)}:{bound_port}/" for ip in lan_addresses()]
+                       if host in ("0.0.0.0", "::", "") else [])
+    return server
+
+
+def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, https: bool = False,
+          log=print) -> None:
+    """Serve ``bundle`` until Ctrl+C, printing the URL (and a QR code for a phone)."""
+    served = load_bundle(bundle)
+    server = make_server(served, host=host, port=port, https=https)
+    models = ", ".join(f"{m['variant']} ({m['bytes'] / 1e6:.1f} MB)" for m in served.config["models"])
+    log(f"edgeres serve: {served.config['name']}: {models}")
+    if any(m["batch_pinned"] for m in served.config["models"]):
+        log("  models are sent with their batch dimension pinned to 1 (LiteRT.js needs static shapes); "
+            "files on disk are untouched")
+    log(f"  page: {server.url}")
+    for url in server.lan_urls:
+        log(f"  on this network: {url}")
+    if server.lan_urls:
+        qr = qr_text(server.lan_urls[0])
+        log(qr if qr else "  (pip install qrcode to get a QR code of this URL here)")
+    if https:
+        log("  the certificate is self-signed: the browser warns once; accept it to reach the page")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        log("  note: phones allow the camera only on https pages: add --https")
+    log("  Ctrl+C stops")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log("edgeres serve: stopped")
+    finally:
+        server.server_close()
+
+
+def serve_in_thread(server: _Server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="edgeres-serve", daemon=True)
+    thread.start()
+    return thread
+
+
+# -- https and phones ---------------------------------------------------------------------------
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (the one with a default route first)."""
+    found = []
+    try:  # no packet is sent: connect() on UDP only picks the outgoing interface
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            found.append(s.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.append(info[4][0])
+    except OSError:
+        pass
+    out = []
+    for ip in found:
+        if not ipaddress.ip_address(ip).is_loopback and ip not in out:
+            out.append(ip)
+    return out
+
+
+def _certificate_hosts(host: str) -> list[str]:
+    hosts = ["localhost", "127.0.0.1"]
+    if host in ("0.0.0.0", "::", ""):
+        hosts += lan_addresses()
+    elif host not in hosts:
+        hosts.append(host)
+    return hosts
+
+
+def self_signed_certificate(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
+    """Write ``cert.pem`` and ``key.pem`` for ``hosts`` (valid 30 days) with ``cryptography`` or ``openssl``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        _certificate_with_cryptography(cert, key, hosts)
+        return cert, key
+    except ImportError:
+        pass
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ServeError("--https needs a certificate and neither the `cryptography` package nor the `openssl` "
+                         "program is here: pip install cryptography (or install openssl).")
+    san = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
+    result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                             "-subj", "/CN=edgeres serve", "-addext", f"subjectAltName={san}",
+                             "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ServeError(f"openssl could not make a certificate: {result.stderr.strip().splitlines()[-1:]}; "
+                         f"pip install cryptography instead.")
+    return cert, key
+
+
+def _certificate_with_cryptography(cert: Path, key: Path, hosts: list[str]) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeres serve")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+                   .sign(private, hashes.SHA256()))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def qr_text(url: str) -> str | None:
+    """``url`` as a QR code drawn with block characters, or None when ``qrcode`` is not installed."""
+    try:
+        import qrcode
+    except ImportError:
+        return None
+    import io
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(url)
+    qr.make(fit=True)
+    out = io.StringIO()
+    qr.print_ascii(out=out, invert=True)
+    return out.getvalue().rstrip("\n")

@@ -42,6 +42,9 @@ class CalibrationSet:
     seed: int
     requested: int
     split: str = "train"
+    # How the images become model input (edgeres.preprocess.Resize value): the run's rule, set by
+    # export. Not part of the manifest: the same images serve runs with any resize.
+    resize: str = "bilinear"
 
     @property
     def paths(self) -> list[Path]:

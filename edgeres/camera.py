@@ -423,7 +423,7 @@ class _Capture(threading.Thread):
                 continue  # keep the camera's buffer fresh; nothing to classify while paused
             frame = _Frame(index, time.time(), now, image)
             rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-            frame.pixels = {size: to_pixels(rgb, size) for size in self.sizes}
+            frame.pixels = {(size, resize): to_pixels(rgb, size, resize) for size, resize in self.sizes}
             if not self.mailbox.put(frame):
                 break
         return EndReason.END_OF_SOURCE
@@ -490,11 +490,11 @@ class _Inference(threading.Thread):
             self.outbox.put(_Failure(e), droppable=False)
 
     def _classify(self, frame: _Frame) -> _Result:
-        pred = self.clf.predict_pixels(frame.pixels[self.clf.input_size])
+        pred = self.clf.predict_pixels(frame.pixels[self.clf.input_size, self.clf.resize])
         label, score = self._smooth(0, pred, self.clf.labels)
         other = None
         if self.other is not None:
-            o = self.other.predict_pixels(frame.pixels[self.other.input_size])
+            o = self.other.predict_pixels(frame.pixels[self.other.input_size, self.other.resize])
             other = (*self._smooth(1, o, self.other.labels), o.label, o.score, o.latency_ms)
         done = (time.perf_counter() - frame.captured) * 1e3
         return _Result(frame, label, score, pred.label, pred.score, pred.latency_ms, done, other)
@@ -564,7 +564,7 @@ def run_camera(
     stop, paused = threading.Event(), threading.Event()
     frames_box = _Mailbox(stop, latest_only=realtime, capacity=2)
     results_box = _Mailbox(stop, latest_only=False, capacity=4)
-    sizes = {clf.input_size} | ({other.input_size} if other else set())
+    sizes = {(clf.input_size, clf.resize)} | ({(other.input_size, other.resize)} if other else set())
     capture = _Capture(src, frames_box, sizes, pace=realtime and not src.live, stop=stop, paused=paused, log=log)
     inference = _Inference(clf, other, frames_box, results_box, smoothing, stop=stop, paused=paused)
     out = _Output(clf, other, display=display, record_path=record_path, json_out=json_out,

@@ -12,6 +12,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
+
 
 class Precision(str, Enum):
     AUTO = "auto"  # mixed_float16 on GPU, float32 on CPU
@@ -48,9 +50,17 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     jit_compile: bool | None = None  # None: XLA on GPU, off on CPU (it costs minutes of tracing there)
     strategy: StrategyKind = StrategyKind.AUTO
+    # How images become model input (edgeres.preprocess.Resize); a run exports and evaluates with it.
+    resize: Resize = DEFAULT_RESIZE
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def run_resize(train: dict) -> Resize:
+    """The resize a run was trained with; runs from before it was recorded used Pillow's antialiasing."""
+    value = train.get("resize")
+    return Resize(value) if value else LEGACY_RESIZE
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -75,10 +85,12 @@ def from_dict(cls, data: dict[str, Any]):
         if key not in known:
             continue
         kind = known[key].type
-        for enum in (Precision, StrategyKind):
+        for enum in (Precision, StrategyKind, Resize):
             if kind == enum.__name__ or kind is enum:
                 value = enum(value)
         kwargs[key] = value
+    if cls is TrainConfig and "resize" not in data:
+        kwargs["resize"] = LEGACY_RESIZE  # written before the resize was recorded
     return cls(**kwargs)
 
 

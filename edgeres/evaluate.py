@@ -137,9 +137,10 @@ def compare(
         kept.append((path, label))
         pixels = {}
         for k, clf in enumerate(classifiers):
-            if clf.input_size not in pixels:
-                pixels[clf.input_size] = to_pixels(image, clf.input_size)
-            p = clf.predict_pixels(pixels[clf.input_size])
+            key = (clf.input_size, clf.resize)  # models that share a size and resize share the bytes
+            if key not in pixels:
+                pixels[key] = to_pixels(image, clf.input_size, clf.resize)
+            p = clf.predict_pixels(pixels[key])
             preds[k].append(mapping[k][p.index])
             probs[k].append(p.probabilities)
             lat[k].append(p.latency_ms)

@@ -15,6 +15,7 @@ directory and renamed into place when whole: a Ctrl-C leaves nothing half-writte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -31,9 +32,9 @@ import numpy as np  # noqa: E402
 
 from edgeres import calibrate as calib  # noqa: E402
 from edgeres import data as data_lib  # noqa: E402
-from edgeres.config import versions, write_bytes_atomic, write_json_atomic  # noqa: E402
+from edgeres.config import run_resize, versions, write_bytes_atomic, write_json_atomic  # noqa: E402
 from edgeres.metadata import embed_metadata  # noqa: E402
-from edgeres.preprocess import load_pixels  # noqa: E402
+from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
 TFLITE_FLOAT32, TFLITE_UINT8 = 0, 3  # TensorType values in the TFLite schema
 
@@ -57,12 +58,20 @@ FORMATS = {
 class Ranges(str, Enum):
     """How int8 activation ranges are taken from the calibration images."""
 
-    ROBUST = "robust"  # exact per-image min/max (LiteRT), median over groups of images: the default
+    MSE = "mse"  # per tensor, the clip range with the least int8 error on its calibration values
+    PERCENTILE = "percentile"  # the 0.01th and 99.99th percentiles of each tensor's calibration values
+    ROBUST = "robust"  # each image's exact min/max, median over groups of images
     MINMAX = "minmax"  # TensorFlow's calibrator: global min/max over every image
 
 
+DEFAULT_RANGES = Ranges.MSE  # benchmarks/reference.md, "Activation range rules"
 GROUP_SIZE = 10  # images per group for Ranges.ROBUST
+PERCENTILE = 99.99  # for Ranges.PERCENTILE
 RANGES = {
+    Ranges.MSE: "per tensor, the clip range that minimises the int8 error (clipping + rounding) of its "
+                "values over all calibration images (from a histogram); the logits keep their full range",
+    Ranges.PERCENTILE: f"per tensor, the {100 - PERCENTILE:g}th and {PERCENTILE:g}th percentiles of its values over "
+                       "all calibration images; the logits keep their full range",
     Ranges.ROBUST: "each image's exact min/max per tensor, then the median over groups of "
                    f"{GROUP_SIZE} images: a rare outlier image cannot stretch a range",
     Ranges.MINMAX: "TensorFlow's calibrator: global min/max, so one outlier image widens a range for all",
@@ -129,6 +138,7 @@ def export(
     ranges: Ranges | str = Ranges.ROBUST,
     force: bool = False,
     verify_limit: int | None = None,
+    resize: Resize | str | None = None,
     layer_report: bool = True,
     seed: int = 0,
     threads: int | None = None,
@@ -149,6 +159,15 @@ def export(
     check_replaceable(out, run_dir, force=force)
     clean_stale_partials(out)
     labels, size = run["labels"], run["train"]["image_size"]
+    trained_with = run_resize(run["train"])
+    resize = Resize(resize) if resize is not None else trained_with
+    if resize is not trained_with:
+        log(f"Resize: exporting with '{resize.value}' although the run was trained with '{trained_with.value}' "
+            f"(--resize); verification below measures what that costs.")
+    elif resize is LEGACY_RESIZE:
+        log(f"Resize: this run was trained with Pillow's antialiased resize ('{resize.value}', edgeres 0.1), "
+            f"which MediaPipe and other clients do not reproduce; retrain, or export with --resize "
+            f"{DEFAULT_RESIZE.value} to give clients the exact pixels.")
     arch = run["train"]["arch"]
     timings = {}
 
@@ -166,6 +185,7 @@ def export(
     calibration_set = None
     if Format.INT8 in formats:
         calibration_set = calib.load(calibration, root) if calibration else calib.draw(dataset, calibration_size, seed=seed)
+        calibration_set = dataclasses.replace(calibration_set, resize=resize.value)
         log(f"Calibration: {len(calibration_set.entries)} images {calibration_set.class_counts()} "
             f"(manifest sha256 {calibration_set.sha256[:12]}), {Ranges(ranges).value} ranges")
 
@@ -193,7 +213,7 @@ def export(
         meta = {
             "name": out.name, "labels": list(labels), "arch": arch,
             "input": {"size": [size, size], "layout": "NHWC", "channels": "RGB",
-                      "resize": "whole image, bilinear (edgeres.preprocess.to_pixels)",
+                      "resize": resize.value, "resize_rule": RESIZE_SPEC[resize],
                       "normalization": "inside the graph: feed raw pixels"},
             "run": {"path": str(run_dir.resolve()), "dataset_sha256": run.get("dataset_sha256"),
                     "train": run["train"]},
@@ -264,7 +284,8 @@ def _write_models(tmp: Path, files: dict, meta: dict, labels, size: int) -> None
         blob = embed_metadata(
             info["raw"], labels=list(labels), name=f"{meta['name']} ({fmt})",
             description=f"edgeres {meta['arch']} image classifier, {fmt}. Input: RGB pixels "
-                        f"{size}x{size}, 0..255, normalisation inside the graph.",
+                        f"{size}x{size}, 0..255, normalisation inside the graph. Resize: "
+                        f"{meta['input']['resize_rule']}.",
             input_size=size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
             version=meta["versions"].get("edgeres", ""), extra_json=extra)
         write_bytes_atomic(tmp / info["file"], blob)
@@ -373,7 +394,7 @@ def representative_dataset(calibration_set: calib.CalibrationSet, size: int, lim
 
     def gen():
         for p in paths:
-            yield [load_pixels(p, size)[None].astype(np.float32)]
+            yield [load_pixels(p, size, calibration_set.resize)[None].astype(np.float32)]
 
     return gen
 
@@ -397,7 +418,7 @@ def _converter(model, fmt: Format, calibration_set, size: int):
 
 
 def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_layers=(),
-            ranges: Ranges | str = Ranges.ROBUST, progress: bool = False) -> bytes:
+            ranges: Ranges | str = DEFAULT_RANGES, progress: bool = False) -> bytes:
     """Convert a Keras classifier to ``.tflite`` bytes in ``fmt``."""
     fmt = Format(fmt)
     if fmt is Format.INT8:
@@ -408,7 +429,7 @@ def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_
         return _converter(model, fmt, calibration_set, size).convert()
 
 
-def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: Ranges | str = Ranges.ROBUST,
+def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: Ranges | str = DEFAULT_RANGES,
                  progress: bool = False) -> tuple[bytes, bytes]:
     """Full-integer int8 ``.tflite`` (uint8 in and out), and the calibrated float model it came from."""
     if calibration_set is None:
@@ -456,11 +477,14 @@ def _calibration_progress(calibration_set, enabled: bool):
 #     the worst of 300 at 127, so a global range leaves the typical image a few int8 steps;
 #   * the calibrator over-states the range of a conv that feeds a residual ADD (449.6 logged
 #     where Keras and LiteRT both give 127.1 on the same 300 images).
-# So edgeres measures each image's exact min/max by running the float model through LiteRT with
-# every tensor kept, and takes the median over groups of images of each group's min/max.
+# So edgeres runs the float model through LiteRT with every tensor kept, and records per tensor
+# each image's exact min/max and a histogram of all its values. The rules (Ranges) turn those
+# into one range per tensor. The median-of-groups rule (robust) fixed the weak runs but clipped
+# 12% of a confident model's logits; the MSE rule chooses, per tensor, the clip range that
+# costs the least int8 error on the values actually seen, and the logits are never clipped.
 
 
-def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str = Ranges.ROBUST,
+def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str = DEFAULT_RANGES,
                     advance=None) -> bytes:
     """A float ``.tflite`` that carries one activation range (min/max) per tensor, for :func:`quantize`."""
     ranges = Ranges(ranges)
@@ -477,8 +501,9 @@ def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str =
         conv.representative_dataset = representative_dataset(calibration_set, size, 1)
         calibrated = conv.convert()
         tensors = _ranged_tensors(calibrated)
-        stats = activation_stats(calibrated, tensors, (x[0] for x in images()), advance=advance)
-        lo, hi = robust_ranges(*stats)
+        stats = activation_stats(calibrated, tensors, (x[0] for x in images()), advance=advance,
+                                 histograms=ranges is not Ranges.ROBUST)
+        lo, hi = choose_ranges(ranges, stats, output_side=_softmax_inputs(calibrated, tensors))
     # Pixels are 0..255 by definition, whatever the calibration images' brightness: pinning the
     # input range makes the uint8 input the raw byte (scale 1, zero point 0), which is what
     # MediaPipe, the examples and edgeres.json's "feed raw pixels" rely on.
@@ -488,9 +513,18 @@ def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str =
     return _with_ranges(calibrated, tensors, lo, hi)
 
 
+@dataclass(frozen=True)
+class ActivationStats:
+    """What the calibration images did to each ranged tensor."""
+
+    lo: np.ndarray  # [images, tensors]: each image's exact minimum
+    hi: np.ndarray  # [images, tensors]: each image's exact maximum
+    histograms: np.ndarray | None = None  # [tensors, HIST_KEYS] value counts over all images (see value_histogram)
+
+
 def activation_stats(model_bytes: bytes, tensors: list[int], images, *, advance=None,
-                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image min and max of each tensor in ``tensors``, as two ``[images, tensors]`` arrays,
+                     threads: int | None = None, histograms: bool = True) -> ActivationStats:
+    """Per-image min and max of each tensor in ``tensors`` (and a histogram of all its values),
     from the float model run by LiteRT with every intermediate tensor kept."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -499,15 +533,40 @@ def activation_stats(model_bytes: bytes, tensors: list[int], images, *, advance=
     interp.allocate_tensors()
     index = interp.get_input_details()[0]["index"]
     lo, hi = [], []
+    counts = np.zeros((len(tensors), HIST_KEYS), np.int64) if histograms else None
     for x in images:
         interp.set_tensor(index, x)
         interp.invoke()
         values = [interp.get_tensor(t) for t in tensors]
         lo.append([v.min() for v in values])
         hi.append([v.max() for v in values])
+        if histograms:
+            for j, v in enumerate(values):
+                counts[j] += value_histogram(v)
         if advance:
             advance()
-    return np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+    return ActivationStats(np.asarray(lo, np.float32), np.asarray(hi, np.float32), counts)
+
+
+def choose_ranges(rule: Ranges | str, stats: ActivationStats, *, output_side=()) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(lo, hi)`` per tensor by ``rule``. ``output_side``: positions (in ``stats``) of the
+    tensors that feed the softmax; the MSE and percentile rules give them their full observed
+    range, since a clipped logit makes every confident photo show the same score."""
+    rule = Ranges(rule)
+    if rule is Ranges.ROBUST:
+        return robust_ranges(stats.lo, stats.hi)
+    observed_lo, observed_hi = stats.lo.min(0).astype(np.float64), stats.hi.max(0).astype(np.float64)
+    if rule is Ranges.MINMAX:
+        return observed_lo, observed_hi
+    if stats.histograms is None:
+        raise ValueError(f"--ranges {rule.value} needs value histograms (activation_stats(histograms=True)).")
+    pick = mse_range if rule is Ranges.MSE else percentile_range
+    lo, hi = np.empty_like(observed_lo), np.empty_like(observed_hi)
+    for j in range(len(lo)):
+        lo[j], hi[j] = pick(stats.histograms[j], observed_lo[j], observed_hi[j])
+    for j in output_side:
+        lo[j], hi[j] = observed_lo[j], observed_hi[j]
+    return lo, hi
 
 
 def robust_ranges(lo: np.ndarray, hi: np.ndarray, group: int = GROUP_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -519,6 +578,134 @@ def robust_ranges(lo: np.ndarray, hi: np.ndarray, group: int = GROUP_SIZE) -> tu
     members = [np.arange(g, n, k) for g in range(k)]
     return (np.median([lo[m].min(0) for m in members], axis=0),
             np.median([hi[m].max(0) for m in members], axis=0))
+
+
+# A value histogram bins float32 values by their top bits: sign, exponent and HIST_BITS bits of
+# mantissa, so every bin is 1/64 of an octave wide (1.6%) from 1e-38 to 3e38. No range has to
+# be known in advance or grown, the same bins serve every tensor, and binning is one shift and
+# one bincount per tensor (a few ms an image at 224 px). Memory: HIST_KEYS counts a tensor.
+HIST_BITS = 6
+HIST_KEYS = 1 << (9 + HIST_BITS)  # sign + 8 exponent bits + mantissa bits
+_SIDE_KEYS = HIST_KEYS // 2
+CANDIDATE_OCTAVES = 24  # the MSE search looks for a clip point down to 2^-24 of the observed extreme
+
+
+def value_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` (float32) per bin: keys ``[0, HIST_KEYS/2)`` hold positive values,
+    the rest negative ones, each by magnitude; bin edges come from :func:`_bin_edges`."""
+    bits = np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint32)
+    return np.bincount(bits >> (23 - HIST_BITS), minlength=HIST_KEYS)
+
+
+def _bin_edges() -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper magnitude of each bin of one sign. Exponent 0 (zero and denormals) has
+    edges 0..0: those values are treated as exact zeros; exponent 255 (inf, nan) is dropped."""
+    key = np.arange(_SIDE_KEYS)
+    exponent, mantissa = key >> HIST_BITS, key & ((1 << HIST_BITS) - 1)
+    base = np.ldexp(1.0, exponent - 127)
+    lower = base * (1 + mantissa / (1 << HIST_BITS))
+    upper = base * (1 + (mantissa + 1) / (1 << HIST_BITS))
+    lower[exponent == 0] = upper[exponent == 0] = 0.0
+    return lower, upper
+
+
+_EDGES = _bin_edges()
+
+
+class _Side:
+    """One sign of a histogram (magnitudes), as prefix sums, so that the error of clipping at
+    any bin edge, with any step, costs O(log bins). Values are taken uniform within a bin."""
+
+    def __init__(self, counts: np.ndarray):
+        keep = np.flatnonzero(counts[: _SIDE_KEYS - (1 << HIST_BITS)])  # no inf / nan
+        keep = keep[keep >= (1 << HIST_BITS)]  # zeros and denormals: exact zeros, no error
+        a, b, c = _EDGES[0][keep], _EDGES[1][keep], counts[keep].astype(np.float64)
+        self.lower, self.upper = a, b
+        self.c0 = np.concatenate([[0.0], np.cumsum(c)])
+        self.c1 = np.concatenate([[0.0], np.cumsum(c * (a + b) / 2)])
+        self.c2 = np.concatenate([[0.0], np.cumsum(c * (a * a + a * b + b * b) / 3)])
+
+    def __len__(self) -> int:
+        return len(self.upper)
+
+    def error(self, below: np.ndarray, clip: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Summed squared int8 error of this side's values when the range ends at ``clip``
+        (``below``: how many bins lie under it) and one quantization step is ``step``.
+        Beyond the clip: (x - clip)^2. Inside: x^2 for values under half a step (they round to
+        zero, which int8 represents exactly), step^2 / 12 for the others (uniform rounding)."""
+        n = len(self.upper)
+        beyond = ((self.c2[n] - self.c2[below]) - 2 * clip * (self.c1[n] - self.c1[below])
+                  + clip * clip * (self.c0[n] - self.c0[below]))
+        to_zero = np.minimum(np.searchsorted(self.upper, step / 2, side="right"), below)
+        return beyond + self.c2[to_zero] + (self.c0[below] - self.c0[to_zero]) * step * step / 12
+
+
+def mse_range(histogram: np.ndarray, lo: float, hi: float, *, levels: int = 256,
+              max_rounds: int = 8) -> tuple[float, float]:
+    """The ``(lo, hi)`` with the least summed squared int8 error over the histogram's values,
+    clip points searched over the bin edges (1.6% apart) within the observed ``lo..hi``.
+
+    The two ends share one step, ``(hi - lo) / (levels - 1)``, so they are searched in turns
+    (each end over all its candidates with the other fixed) until neither moves."""
+    pos, neg = _Side(histogram[:_SIDE_KEYS]), _Side(histogram[_SIDE_KEYS:])
+    if not len(pos) and not len(neg):
+        return lo, hi
+
+    def candidates(side: _Side, observed: float) -> tuple[np.ndarray, np.ndarray]:
+        # Clip at 0 (everything of this sign clipped) or at any bin edge up to the observed
+        # extreme, over the top CANDIDATE_OCTAVES octaves below it.
+        observed = max(observed, 0.0)
+        edges = _EDGES[1][(_EDGES[1] > observed * 2.0 ** -CANDIDATE_OCTAVES) & (_EDGES[1] < observed)]
+        clip = np.concatenate([[0.0], edges, [observed]]) if len(side) else np.zeros(1)
+        return np.searchsorted(side.upper, clip, side="right"), clip
+
+    pos_below, pos_clip = candidates(pos, hi)
+    neg_below, neg_clip = candidates(neg, -lo)
+    if len(pos):
+        pos_below, pos_clip = pos_below[1:], pos_clip[1:]  # a range must reach above zero when values do
+    i, k = len(pos_clip) - 1, len(neg_clip) - 1  # start from min/max
+    for _ in range(max_rounds):
+        step = (pos_clip + neg_clip[k]) / (levels - 1)
+        i_new = int(np.argmin(pos.error(pos_below, pos_clip, step) + neg.error(neg_below[k], neg_clip[k], step)))
+        step = (pos_clip[i_new] + neg_clip) / (levels - 1)
+        k_new = int(np.argmin(pos.error(pos_below[i_new], pos_clip[i_new], step) + neg.error(neg_below, neg_clip, step)))
+        if (i_new, k_new) == (i, k):
+            break
+        i, k = i_new, k_new
+    return -float(neg_clip[k]), float(pos_clip[i])
+
+
+def percentile_range(histogram: np.ndarray, lo: float, hi: float, *,
+                     percentile: float = PERCENTILE) -> tuple[float, float]:
+    """The ``(100 - percentile)``th and ``percentile``th percentiles of the histogram's values
+    (zeros included), to the bin edge above, within the observed ``lo..hi``."""
+    pos, neg = _Side(histogram[:_SIDE_KEYS]), _Side(histogram[_SIDE_KEYS:])
+    total = histogram[: _SIDE_KEYS - (1 << HIST_BITS)].sum() + histogram[_SIDE_KEYS:-(1 << HIST_BITS)].sum()
+    allowed = total * (100.0 - percentile) / 100.0  # values each tail may clip
+
+    def edge(side: _Side, observed: float) -> float:
+        if not len(side):
+            return max(observed, 0.0)
+        # The first bin edge with at most `allowed` values beyond it.
+        below = np.searchsorted(side.c0, side.c0[-1] - allowed, side="left")
+        return min(float(side.upper[max(below - 1, 0)]) if below > 0 else 0.0, max(observed, 0.0))
+
+    return -edge(neg, -lo), edge(pos, hi)
+
+
+def _softmax_inputs(calibrated: bytes, tensors: list[int]) -> list[int]:
+    """Positions in ``tensors`` of the tensors that feed a SOFTMAX (the logits)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    graph = model.subgraphs[0]
+    softmax = {i for i, code in enumerate(model.operatorCodes)
+               if max(code.builtinCode, code.deprecatedBuiltinCode) == _SOFTMAX}
+    feeding = {int(op.inputs[0]) for op in graph.operators if op.opcodeIndex in softmax}
+    return [j for j, t in enumerate(tensors) if t in feeding]
+
+
+_SOFTMAX = 25  # BuiltinOperator.SOFTMAX in the TFLite schema
 
 
 def _ranged_tensors(calibrated: bytes) -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edgeres import data as data_lib
-from edgeres.preprocess import ImageError, decode, load_pixels, to_pixels
+from edgeres.preprocess import ImageError, Resize, decode, load_pixels, to_pixels
 
 
 def _photo(photos_root: Path, cls: str = "cats", i: int = 0) -> Path:
@@ -125,18 +125,47 @@ def test_env_variable_points_at_data(small_dataset, monkeypatch):
     assert data_lib.resolve_data_dir(None) == small_dataset
 
 
-def test_to_pixels_is_pure_and_matches_pillow(photos_root):
+def test_to_pixels_is_pure_and_follows_the_resize_rule(photos_root):
     path = _photo(photos_root)
     frame = np.asarray(Image.open(path).convert("RGB"))
     before = frame.copy()
     px = to_pixels(frame, 48)
     assert np.array_equal(frame, before), "input must not be modified"
-    expected = np.asarray(Image.open(path).convert("RGB").resize((48, 48), Image.Resampling.BILINEAR))
-    assert np.array_equal(px, expected)
     assert np.array_equal(load_pixels(path, 48), px)
     assert np.array_equal(to_pixels(path.read_bytes(), 48), px)
+    assert np.array_equal(to_pixels(Image.open(path), 48), px)
+    # The legacy rule is exactly Pillow's antialiased bilinear.
+    expected = np.asarray(Image.open(path).convert("RGB").resize((48, 48), Image.Resampling.BILINEAR))
+    assert np.array_equal(to_pixels(frame, 48, Resize.ANTIALIAS), expected)
+    assert not np.array_equal(px, expected)
     with pytest.raises(ImageError, match="RGB uint8"):
         to_pixels(frame.astype(np.float32), 48)
+
+
+@pytest.mark.parametrize("out_h,out_w", [(160, 160), (224, 224), (64, 48), (700, 900)])
+def test_bilinear_rule_matches_opencvs_corner_aligned_warp(photos_root, out_h, out_w):
+    """An independent reference: OpenCV's warpPerspective with the corners of the image mapped to
+    the corners of the output, which is how MediaPipe's CPU converter resizes (MediaPipe itself
+    is checked in test_examples). The opencv-python wheel's float32 warp kernel rounds a few
+    positions differently from MediaPipe's fixed-point one, so: nearly all within 1, mean difference small."""
+    cv2 = pytest.importorskip("cv2")
+    from edgeres.preprocess import resize_bilinear
+
+    for path in sorted((photos_root / "validation" / "dogs").glob("*.jpg"))[:3]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        h, w = rgb.shape[:2]
+        src = np.float32([[0, h], [0, 0], [w, 0], [w, h]])
+        dst = np.float32([[0, out_h], [0, 0], [out_w, 0], [out_w, out_h]])
+        ref = cv2.warpPerspective(rgb, cv2.getPerspectiveTransform(src, dst), (out_w, out_h),
+                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        ours = resize_bilinear(rgb, out_h, out_w)
+        diff = np.abs(ours.astype(int) - ref.astype(int))
+        assert np.mean(diff <= 1) > 0.99 and diff.mean() < 0.2, (path.name, np.mean(diff <= 1), diff.mean())
+        # and not a half-pixel-centred resize, which is much further away
+        centred = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        if min(h / out_h, w / out_w) < 1.5:
+            continue  # near 1:1 the two conventions almost coincide
+        assert np.abs(ours.astype(int) - centred.astype(int)).mean() > 3 * diff.mean()
 
 
 @pytest.mark.slow

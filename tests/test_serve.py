@@ -216,3 +216,188 @@ class Chromium:
         os.close(self._to_browser)
         os.close(self._from_browser)
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+EDGERES = [sys.executable, "-m", "edgeres.cli"]
+ENV = {**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def cli(*args, rc: int | None = 0, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run([*EDGERES, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         env={**ENV, **(env or {})})
+    if rc is not None:
+        assert out.returncode == rc, (out.returncode, out.stdout[-3000:], out.stderr[-3000:])
+    return out
+
+
+@pytest.fixture()
+def fake_assets(tmp_path) -> Path:
+    """Placeholder LiteRT.js files: enough for the server tests, which never run the page."""
+    from edgeres.serve import REQUIRED_ASSETS
+
+    root = tmp_path / "assets"
+    for name in REQUIRED_ASSETS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("// placeholder\n")
+    return root
+
+
+def _get(server_url: str, path: str, method: str = "GET") -> tuple[int, bytes]:
+    """A raw request: http.client sends ``path`` as written (no normalisation of ``..``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request(method, path)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def test_pin_batch_changes_only_the_signature(tiny_bundle):
+    from edgeres.runtime import Classifier
+    from edgeres.serve import pin_batch
+
+    original = (tiny_bundle / "model_int8.tflite").read_bytes()
+    pinned, count = pin_batch(original)
+    assert count >= 2 and len(pinned) == len(original)  # input and output signatures at least
+    changed = np.flatnonzero(np.frombuffer(pinned, np.uint8) != np.frombuffer(original, np.uint8))
+    assert len(changed) == 4 * count  # each -1 (ff ff ff ff) became 1 (01 00 00 00)
+    assert pin_batch(pinned)[1] == 0
+    pinned_path = tiny_bundle.parent / "pinned_int8.tflite"
+    pinned_path.write_bytes(pinned)
+    try:
+        a = Classifier(tiny_bundle / "model_int8.tflite", accelerator="cpu")
+        b = Classifier(pinned_path, accelerator="cpu")
+        x = np.random.default_rng(0).integers(0, 256, (*a.input_size, 3), dtype=np.uint8)
+        assert np.array_equal(a.predict_pixels(x).probabilities, b.predict_pixels(x).probabilities)
+    finally:
+        pinned_path.unlink()
+
+
+def test_server_serves_only_the_page_assets_and_bundle(tiny_bundle, fake_assets, tmp_path):
+    """Path traversal, encoded or not, and symlinks out of the bundle are refused."""
+    from edgeres.serve import make_server, serve_in_thread
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET beside the bundle")
+    (bundle / "escape.txt").symlink_to(secret)
+    (bundle / "sub").mkdir()
+    (bundle / "sub" / "inner.txt").write_text("SECRET in a subfolder")
+    server = make_server(bundle, port=0, assets=fake_assets)
+    serve_in_thread(server)
+    try:
+        url = server.url
+        status, body = _get(url, "/")
+        assert status == 200 and b"<title>edgeres</title>" in body
+        status, body = _get(url, "/bundle/config.json")
+        config = json.loads(body)
+        assert status == 200 and config["labels"] == json.loads((bundle / "edgeres.json").read_text())["labels"]
+        assert [m["variant"] for m in config["models"]] == ["int8", "float32"]
+        assert _get(url, "/bundle/labels.txt") == (200, (bundle / "labels.txt").read_bytes())
+        assert _get(url, "/vendor/litertjs/core/index.js")[0] == 200
+        status, body = _get(url, "/bundle/model_int8.tflite")
+        assert status == 200 and len(body) == (bundle / "model_int8.tflite").stat().st_size
+        refused = [
+            "/bundle/../edgeres/serve.py", "/bundle/..%2f..%2fsecret.txt", "/bundle/%2e%2e/secret.txt",
+            "/%2e%2e/%2e%2e/etc/passwd", "/../../../../etc/passwd", "/vendor/../../serve.py",
+            "/vendor/..%2F..%2F..%2Fserve.py", "/bundle//etc/passwd", "/bundle/%2Fetc%2Fpasswd",
+            "/bundle/escape.txt", "/bundle/sub/inner.txt", "/bundle/./labels.txt", "/serve.py",
+            "/edgeres/serve.py", "/web/app.js", "/copy_vendor.mjs", "/etc/passwd", f"/{secret}",
+            "/bundle/..\\secret.txt",
+        ]
+        for path in refused:
+            status, body = _get(url, path)
+            assert status == 404, (path, status)
+            assert b"SECRET" not in body and b"root:" not in body
+        assert _get(url, "/bundle/labels.txt", method="POST")[0] == 501
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_errors_are_one_clear_line(tiny_bundle, fake_assets, tmp_path):
+    # A port in use.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = cli("serve", tiny_bundle, "--port", port, rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
+    assert f"port {port}" in out.stderr and "in use" in out.stderr and "--port" in out.stderr
+    assert "Traceback" not in out.stderr
+    # A bundle without models.
+    empty = tmp_path / "empty-bundle"
+    empty.mkdir()
+    (empty / "edgeres.json").write_text(json.dumps({"name": "x", "labels": ["a", "b"], "models": {}}))
+    out = cli("serve", empty, rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
+    assert "no .tflite model" in out.stderr and "edgeres export" in out.stderr
+    # Missing JS assets: the message says how to get them.
+    out = cli("serve", tiny_bundle, "--port", 0, rc=2, env={"EDGERES_WEB_ASSETS": str(tmp_path / "nothing")})
+    assert "assets are missing" in out.stderr and "npm ci" in out.stderr
+    # Not a directory.
+    out = cli("serve", tiny_bundle / "labels.txt", rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
+    assert "bundle directory" in out.stderr
+
+
+def test_serve_https_for_a_phone_prints_url_and_qr(tiny_bundle, fake_assets):
+    """--host 0.0.0.0 --https: a self-signed certificate, the URLs, a QR code of the network URL."""
+    import signal
+    import ssl
+
+    proc = subprocess.Popen([*EDGERES, "serve", str(tiny_bundle), "--host", "0.0.0.0", "--port", "0", "--https"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "EDGERES_WEB_ASSETS": str(fake_assets)})
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("Ctrl+C" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, (lines, proc.stderr.read() if proc.poll() is not None else "")
+            lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        page = next(line.split("page: ")[1].strip() for line in lines if "page: " in line)
+        assert page.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        from urllib.parse import urlsplit
+        from urllib.request import urlopen
+
+        with urlopen(page + "bundle/labels.txt", context=context, timeout=10) as response:
+            assert response.read() == (tiny_bundle / "labels.txt").read_bytes()
+        certificate = ssl.get_server_certificate(("127.0.0.1", urlsplit(page).port))
+        assert "BEGIN CERTIFICATE" in certificate
+        lan = [line.split("on this network: ")[1].strip() for line in lines if "on this network: " in line]
+        try:
+            import qrcode  # noqa: F401
+        except ImportError:
+            assert "pip install qrcode" in text
+        else:
+            if lan:
+                assert _decode_terminal_qr(text) == lan[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "stopped" in out
+
+
+def _decode_terminal_qr(text: str) -> str:
+    """Read back the QR code drawn with half-block characters (qrcode's print_ascii) with OpenCV."""
+    cv2 = pytest.importorskip("cv2")
+    rows = [line for line in text.splitlines() if line and set(line) <= set("█▀▄ \xa0")]
+    assert len(rows) > 8, text
+    width = max(len(r) for r in rows)
+    grid = np.ones((2 * len(rows), width), np.uint8)  # 1 = light
+    for y, row in enumerate(rows):
+        for x, ch in enumerate(row):
+            # invert=True: a full block is a light module.
+            grid[2 * y, x] = ch in "█▀"
+            grid[2 * y + 1, x] = ch in "█▄"
+    grid = np.pad(grid, 4, constant_values=1)
+    image = np.kron(grid * 255, np.ones((8, 8), np.uint8)).astype(np.uint8)
+    value, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
+    return value

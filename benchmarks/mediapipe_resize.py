@@ -32,6 +32,8 @@ Run as a script to compare with OpenCV and Pillow on real photos::
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 _INTER_BITS = 5                      # OpenCV INTER_BITS: source positions in 1/32 pixel
@@ -44,7 +46,8 @@ def _f32(v: float) -> float:
     return float(np.float32(v))
 
 
-def _inverse_warp_matrix(w: int, h: int, out_w: int, out_h: int) -> list[float]:
+@lru_cache(maxsize=256)
+def _inverse_warp_matrix(w: int, h: int, out_w: int, out_h: int) -> tuple[float, ...]:
     """The 3x3 destination->source matrix OpenCV's warpPerspective uses, bit for bit.
 
     Replays ``cv::boxPoints`` (float), ``cv::getPerspectiveTransform`` (8x8 ``hal::LU64f``, partial pivoting) and
@@ -90,13 +93,13 @@ def _inverse_warp_matrix(w: int, h: int, out_w: int, out_h: int) -> list[float]:
     return _invert3x3([b[0:3], b[3:6], [b[6], b[7], 1.0]])  # forward matrix, source -> destination
 
 
-def _invert3x3(S: list[list[float]]) -> list[float]:
+def _invert3x3(S: list[list[float]]) -> tuple[float, ...]:
     """cv::invert(DECOMP_LU) of a 3x3 double matrix: cofactors over the determinant."""
     det = (S[0][0] * (S[1][1] * S[2][2] - S[1][2] * S[2][1])
            - S[0][1] * (S[1][0] * S[2][2] - S[1][2] * S[2][0])
            + S[0][2] * (S[1][0] * S[2][1] - S[1][1] * S[2][0]))
     d = 1.0 / det
-    return [
+    return (
         (S[1][1] * S[2][2] - S[1][2] * S[2][1]) * d,
         (S[0][2] * S[2][1] - S[0][1] * S[2][2]) * d,
         (S[0][1] * S[1][2] - S[0][2] * S[1][1]) * d,
@@ -106,14 +109,15 @@ def _invert3x3(S: list[list[float]]) -> list[float]:
         (S[1][0] * S[2][1] - S[1][1] * S[2][0]) * d,
         (S[0][1] * S[2][0] - S[0][0] * S[2][1]) * d,
         (S[0][0] * S[1][1] - S[0][1] * S[1][0]) * d,
-    ]
+    )
 
 
+@lru_cache(maxsize=64)
 def _fixed_point_coords(w: int, h: int, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's X, Y = cvRound(32 * source position) for every output pixel, ``[out_h, out_w]``.
 
-    Same double expressions and the same 32-pixel-wide tiles as ``WarpPerspectiveInvoker``
-    (the block start enters ``X0``), so even exact ties round identically.
+    Same double expressions and the same tiles as ``WarpPerspectiveInvoker`` (the tile's first
+    column enters ``X0``), so even exact ties round identically. Cached: read-only arrays.
     """
     M = _inverse_warp_matrix(w, h, out_w, out_h)
     bh0 = min(_BLOCK_SZ // 2, out_h)
@@ -126,12 +130,15 @@ def _fixed_point_coords(w: int, h: int, out_h: int, out_w: int) -> tuple[np.ndar
     Y0 = M[3] * xb + M[4] * y + M[5]
     W0 = M[6] * xb + M[7] * y + M[8]
     Wd = W0 + M[6] * x1
-    with np.errstate(divide="ignore"):
-        Wt = np.where(Wd != 0, _INTER_TAB_SIZE / np.where(Wd != 0, Wd, 1.0), 0.0)
+    zero = Wd == 0
+    Wt = _INTER_TAB_SIZE / np.where(zero, 1.0, Wd)
+    Wt[zero] = 0.0
     lo, hi = float(np.iinfo(np.int32).min), float(np.iinfo(np.int32).max)
-    fX = np.clip((X0 + M[0] * x1) * Wt, lo, hi)
-    fY = np.clip((Y0 + M[3] * x1) * Wt, lo, hi)
-    return np.rint(fX).astype(np.int64), np.rint(fY).astype(np.int64)   # cvRound: half to even
+    X = np.rint(np.minimum(np.maximum((X0 + M[0] * x1) * Wt, lo), hi)).astype(np.int64)  # cvRound:
+    Y = np.rint(np.minimum(np.maximum((Y0 + M[3] * x1) * Wt, lo), hi)).astype(np.int64)  # half to even
+    X.setflags(write=False)
+    Y.setflags(write=False)
+    return X, Y
 
 
 def resize_like_mediapipe(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -147,17 +154,22 @@ def resize_like_mediapipe(rgb: np.ndarray, height: int, width: int) -> np.ndarra
         raise ValueError(f"Output size must be positive. Received: height={height}, width={width}.")
     h, w = rgb.shape[:2]
     X, Y = _fixed_point_coords(w, h, height, width)
+    if (X == X[:1]).all() and (Y == Y[:, :1]).all():
+        X, Y = X[:1], Y[:, :1]  # separable (the usual case): gather rows once, then columns
     ix, fx = X >> _INTER_BITS, X & (_INTER_TAB_SIZE - 1)
     iy, fy = Y >> _INTER_BITS, Y & (_INTER_TAB_SIZE - 1)
     x0, x1 = np.clip(ix, 0, w - 1), np.clip(ix + 1, 0, w - 1)   # BORDER_REPLICATE
     y0, y1 = np.clip(iy, 0, h - 1), np.clip(iy + 1, 0, h - 1)
-    fx, fy = fx[..., None], fy[..., None]
+    fx, fy = fx[..., None].astype(np.int32), fy[..., None].astype(np.int32)
     gx, gy = _INTER_TAB_SIZE - fx, _INTER_TAB_SIZE - fy
-    p = rgb.astype(np.int32)
-    # Weights (32-fx)(32-fy)*32 ... sum to 2**15; OpenCV's FixedPtCast adds 2**14 and shifts.
-    acc = (p[y0, x0] * gx + p[y0, x1] * fx) * gy + (p[y1, x0] * gx + p[y1, x1] * fx) * fy
-    out = (acc * (1 << (_COEF_BITS - 2 * _INTER_BITS)) + (1 << (_COEF_BITS - 1))) >> _COEF_BITS
-    return out.astype(np.uint8)
+    # Weights 32*(32-fx)(32-fy), ... sum to 2**15; OpenCV's FixedPtCast adds 2**14 and shifts by 15.
+    # 255 * 32 * 32 fits easily in int32.
+    top = rgb[y0, x0].astype(np.int32) * gx + rgb[y0, x1].astype(np.int32) * fx
+    bottom = rgb[y1, x0].astype(np.int32) * gx + rgb[y1, x1].astype(np.int32) * fx
+    acc = top * gy + bottom * fy
+    # acc is in units of 2**-10; OpenCV's integer weights are 32x larger (sum 2**15) and its
+    # FixedPtCast rounds with (v + 2**14) >> 15: the same as (acc + 2**9) >> 10.
+    return ((acc * (1 << (_COEF_BITS - 2 * _INTER_BITS)) + (1 << (_COEF_BITS - 1))) >> _COEF_BITS).astype(np.uint8)
 
 
 def _main() -> None:

@@ -63,7 +63,7 @@ def test_train_ctrl_c_resume_calibrate_export_evaluate(small_dataset, tmp_path):
               "--max-drop", "100", "--no-layer-report")
     assert "PASSED" in out.stdout and "agreement" in out.stdout
     meta = json.loads((bundle / "edgeres.json").read_text())
-    assert meta["calibration"]["images"] == 20 and set(meta["models"]) == {"int8", "float32"}
+    assert meta["calibration"]["images"] == 20 and set(meta["models"]) == {"int8", "float32", "float16"}
     assert (bundle / "calibration.txt").read_text() == manifest.read_text()
     again = cli("export", run, "--int8", "--out", bundle, rc=2)
     assert "--force" in again.stderr

@@ -120,6 +120,11 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
+def check_weights(arch: Arch | str, weights: str | Path | None) -> None:
+    """Raise :class:`WeightsError` now for weights that cannot be used (before a long data scan)."""
+    _resolve_weights(Arch(arch), weights)
+
+
 def _resolve_weights(arch: Arch, weights) -> str | None:
     if weights is None or str(weights).lower() == "none":
         return None
@@ -128,6 +133,11 @@ def _resolve_weights(arch: Arch, weights) -> str | None:
             raise WeightsError("resnet-tiny has no ImageNet weights. Use --weights none.")
         return "imagenet"
     path = Path(weights).expanduser()
+    if arch is Arch.RESNET_TINY:  # a file that would never be read must not pass as used
+        raise WeightsError(
+            f"--weights {path}: resnet-tiny has no pretrained weights, so this file would not be used. "
+            f"Use --weights none with resnet-tiny, or --arch resnet50/resnet50v2 with a matching notop file."
+        )
     if not path.is_file():
         raise WeightsError(
             f"Weights file not found: {path}. Pass --weights imagenet, --weights none, "

@@ -14,8 +14,11 @@ A run directory describes itself:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,7 @@ from edgeres.config import (  # noqa: E402
     write_bytes_atomic,
     write_json_atomic,
 )
-from edgeres.model import build_classifier, load_model, unfreeze_top  # noqa: E402
+from edgeres.model import build_classifier, check_weights, load_model, unfreeze_top  # noqa: E402
 
 
 class RunExistsError(FileExistsError):
@@ -64,25 +67,35 @@ class TrainResult:
 def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: int = 1) -> TrainResult:
     """Train (or resume) the run ``config.out``; returns when every epoch is done.
 
-    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``.
+    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``. A start
+    that fails before its first epoch is saved (bad weights, bad data, Ctrl-C) removes what it
+    wrote, so the same command can simply be run again. ``verbose``: 0 silent, 1 Keras's
+    progress bar, 2 one line per epoch (for logs and other non-terminals).
+
+    Under ``TF_CONFIG`` (several workers) every worker runs this same call; only the chief
+    writes ``config.out``, the others checkpoint into a temporary folder they delete at the end.
     """
     run_dir = Path(config.out)
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything else.
+    strategy, device = _strategy(config.strategy)
+    chief, worker = _is_chief(strategy)
     state = {"epoch": 0, "best_val_accuracy": -1.0, "history": []}
     if resume:
-        config, state = _load_for_resume(run_dir, config)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunExistsError(
-            f"Run directory {run_dir} already exists. Continue it with --resume, or choose another --out."
-        )
+        config, state = _load_for_resume(run_dir, config, worker)
+    elif chief:
+        _check_out_is_free(run_dir, verbose)
+    if state["epoch"] == 0:
+        check_weights(config.arch, config.weights)
     keras.utils.set_random_seed(config.seed)
-    strategy, device = _strategy(config.strategy)
     mixed = _use_mixed_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     jit = config.jit_compile if config.jit_compile is not None else bool(tf.config.list_physical_devices("GPU"))
+    _warn_if_gpu_unused(verbose)
     _say(
         verbose,
         f"Training on {device}, {strategy.num_replicas_in_sync} replica(s); precision "
-        f"{'mixed_float16' if mixed else 'float32'}; XLA {'on' if jit else 'off'}.",
+        f"{'mixed_float16' if mixed else 'float32'}; XLA {'on' if jit else 'off'}"
+        + ("." if chief else f"; worker {worker} (not the chief: writes nothing to {run_dir})."),
     )
 
     root = data_lib.resolve_data_dir(config.data)
@@ -96,18 +109,21 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
             f"Only {len(dataset.train.samples)} training images for --batch-size {config.batch_size}. "
             f"Lower --batch-size or add images under {root}."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_files(run_dir, config, dataset, root, device, mixed, jit)
 
     kw = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-              num_classes=len(dataset.classes))
-    train_ds = data_lib.make_dataset(dataset.train, training=True, **kw)
-    val_ds = data_lib.make_dataset(dataset.validation, training=False, **kw)
+              num_classes=len(dataset.classes), resize=config.resize)
+    train_ds = _shard_by_data(data_lib.make_dataset(dataset.train, training=True, **kw))
+    val_ds = _shard_by_data(data_lib.make_dataset(dataset.validation, training=False, **kw))
     steps = len(dataset.train.samples) // config.batch_size
     total_epochs = config.epochs + (config.fine_tune_epochs if config.freeze_backbone else 0)
 
-    checkpoint = _Checkpoint(run_dir, state, verbose)
+    # The chief writes the run; other workers save too (saving reads variables collectively),
+    # into a temporary folder deleted at the end: TensorFlow's multi-worker recipe.
+    work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix=f"edgeres-worker{worker}-"))
+    claim = _Claim(work_dir)
+    checkpoint = _Checkpoint(work_dir, state, verbose)
     cbs = [checkpoint, *callbacks]
+    fit_verbose = 1 if verbose == 1 else 0  # 2: _Checkpoint prints one line per epoch instead
     try:
         with strategy.scope():
             if state["epoch"] > 0:
@@ -118,20 +134,76 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
                                          weights=config.weights, dropout=config.dropout,
                                          freeze_backbone=config.freeze_backbone)
                 _compile(model, config, config.learning_rate, config.epochs * steps, jit)
+            # Only now, with data and model in hand, does the run directory get its files.
+            work_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_files(work_dir, config, dataset, root, device, mixed, jit)
             if state["epoch"] < config.epochs:
                 model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                          initial_epoch=state["epoch"], callbacks=cbs, verbose=verbose, shuffle=False)
+                          initial_epoch=state["epoch"], callbacks=cbs, verbose=fit_verbose, shuffle=False)
             if state["epoch"] < total_epochs:
                 if state["epoch"] == config.epochs:  # entering fine-tuning: unfreeze, lower LR
                     unfreeze_top(model, config.fine_tune_stages)
                     _compile(model, config, config.learning_rate / 10, config.fine_tune_epochs * steps, jit)
                 model.fit(train_ds, validation_data=val_ds, epochs=total_epochs,
-                          initial_epoch=state["epoch"], callbacks=cbs, verbose=verbose, shuffle=False)
-    except KeyboardInterrupt:
-        _say(1, f"\nInterrupted. {run_dir} holds epoch {state['epoch']} of {total_epochs}; "
-                f"continue with: edgeres train --out {run_dir} --resume")
+                          initial_epoch=state["epoch"], callbacks=cbs, verbose=fit_verbose, shuffle=False)
+    except BaseException as e:
+        if state["epoch"] == 0:  # no epoch saved, ever: leave --out as this attempt found it
+            claim.undo()
+            if chief and isinstance(e, KeyboardInterrupt):
+                _say(1, f"\nInterrupted before the first epoch was saved; {run_dir} is as it was. "
+                        f"Run the same command again to start over.")
+        elif chief and isinstance(e, KeyboardInterrupt):
+            _say(1, f"\nInterrupted. {run_dir} holds epoch {state['epoch']} of {total_epochs}; "
+                    f"continue with: edgeres train --out {run_dir} --resume")
         raise
+    finally:
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
     return TrainResult(run_dir, state["epoch"], state["best_val_accuracy"], state["history"], device)
+
+
+# What a start writes before its first epoch is saved; a folder holding only these (and no
+# state.json) is a start that died (kill -9, power cut) and may be started over.
+START_FILES = frozenset({"config.json", "labels.txt", "dataset.json", "skipped.txt"})
+
+
+def _check_out_is_free(run_dir: Path, verbose: int) -> None:
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunExistsError(f"--out {run_dir} is a file, not a run directory. Choose another --out.")
+    names = {p.name for p in run_dir.iterdir() if not _is_temp_name(p.name)}
+    if not names:
+        return
+    if names <= START_FILES:
+        _say(verbose, f"{run_dir} holds only the files of a start that never finished an epoch; starting over.")
+        return
+    raise RunExistsError(
+        f"Run directory {run_dir} already exists. Continue it with --resume, or choose another --out."
+    )
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name
+
+
+class _Claim:
+    """Remembers what a folder held before this attempt, so a failed start can put it back."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.existed = folder.exists()
+        self.before = {p.name for p in folder.iterdir()} if self.existed else set()
+
+    def undo(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name not in self.before:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if not self.existed:
+            with contextlib.suppress(OSError):  # only if now empty
+                self.folder.rmdir()
 
 
 def _compile(model, config: TrainConfig, lr: float, decay_steps: int, jit: bool) -> None:
@@ -144,9 +216,14 @@ def _compile(model, config: TrainConfig, lr: float, decay_steps: int, jit: bool)
     )
 
 
-def _load_for_resume(run_dir: Path, overrides: TrainConfig) -> tuple[TrainConfig, dict]:
+def _load_for_resume(run_dir: Path, overrides: TrainConfig, worker: int = 0) -> tuple[TrainConfig, dict]:
     config_path, state_path = run_dir / "config.json", run_dir / "state.json"
     if not config_path.is_file():
+        if worker:
+            raise FileNotFoundError(
+                f"Worker {worker} cannot read {config_path}: every worker resumes from the chief's run "
+                f"directory. Put it on a shared filesystem, or copy it to the same path on every worker."
+            )
         raise FileNotFoundError(f"Nothing to resume in {run_dir}: no config.json. Start it without --resume.")
     saved = from_dict(TrainConfig, json.loads(config_path.read_text())["train"])
     # Only the length of the run may change on resume (to more epochs); the rest is the run's own.
@@ -163,7 +240,7 @@ def _strategy(kind: StrategyKind):
         kind = (StrategyKind.MULTI_WORKER if os.environ.get("TF_CONFIG")
                 else StrategyKind.MIRRORED if len(gpus) > 1 else StrategyKind.DEFAULT)
     if kind is StrategyKind.MULTI_WORKER:
-        return tf.distribute.MultiWorkerMirroredStrategy(), device + " per worker (TF_CONFIG)"
+        return _MultiWorkerStrategy(), device + " per worker (TF_CONFIG)"
     if kind is StrategyKind.MIRRORED:
         if gpus:
             return tf.distribute.MirroredStrategy(), device
@@ -172,10 +249,71 @@ def _strategy(kind: StrategyKind):
     return tf.distribute.get_strategy(), device
 
 
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose ``reduce`` takes a nest of values, as MirroredStrategy's does.
+
+    Two Keras 3.15 / TF 2.21 mismatches, both fatal before the first step on every worker:
+    ``fit``/``evaluate`` reduce the first ``(x, y)`` batch across replicas to build the model,
+    and the collective ``_reduce_to`` takes a single value, not a tuple ("Attempt to convert a
+    value (PerReplica:{...}) with an unsupported type ... to a Tensor"); then each step reduces
+    its scalar logs with ``axis=0`` ("Invalid reduction dimension 0 for input with 0
+    dimensions", tensorflow/tensorflow#72388). A scalar is reduced across replicas only.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super()
+
+        def reduce_one(v):
+            first = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            rank = getattr(getattr(first, "shape", None), "rank", None)
+            return parent.reduce(reduce_op, v, None if rank == 0 else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _is_chief(strategy) -> tuple[bool, int]:
+    """``(is_chief, worker index)``: the chief is task ``chief``, else worker 0 (TF's convention)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_id = int(resolver.task_id or 0)
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and task_id == 0), task_id
+
+
+def _shard_by_data(ds):
+    """Split batches between workers by element (AutoShardPolicy.DATA), set here on purpose.
+
+    The pipeline starts from a list of file names (``from_tensor_slices``), not from files
+    TensorFlow could give each worker, so the default (FILE, falling back to DATA) would only
+    warn. With DATA every worker decodes the whole (cached) split and keeps its share of each
+    global batch; the shuffle and augmentation seeds are the run's, the same on every worker, so
+    the shares never overlap. Without several workers the option changes nothing.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
 def _use_mixed_precision(precision: Precision) -> bool:
     if precision is Precision.AUTO:
         return bool(tf.config.list_physical_devices("GPU"))
     return precision is Precision.MIXED
+
+
+_warned_gpu_unused = False
+
+
+def _warn_if_gpu_unused(verbose: int) -> None:
+    """Once per process: the NVIDIA driver shows a GPU but TensorFlow sees none (the CPU build, say)."""
+    global _warned_gpu_unused
+    from edgeres.doctor import gpu_unused_by_tensorflow
+
+    message = gpu_unused_by_tensorflow()
+    if message and not _warned_gpu_unused:
+        _warned_gpu_unused = True
+        import sys
+
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _write_run_files(run_dir, config, dataset, root, device, mixed, jit) -> None:
@@ -221,6 +359,18 @@ class _Checkpoint(keras.callbacks.Callback):
         write_json_atomic(self.run_dir / "history.json", history)
         _write_history_csv(self.run_dir / "history.csv", history)
         plot_history(history, self.run_dir / "curves.png")
+        if self.verbose >= 2:
+            total = self.params.get("epochs", epoch + 1) if self.params else epoch + 1
+            print(_epoch_line(row, total) + (" (best so far, saved)" if improved else ""), flush=True)
+
+
+def _epoch_line(row: dict, total: int) -> str:
+    """``epoch 2/10: loss 0.6512, accuracy 61.3%, val_loss 0.6234, val_accuracy 64.0% (41.2 s)``"""
+    parts = []
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in row:
+            parts.append(f"{key} {100 * row[key]:.1f}%" if key.endswith("accuracy") else f"{key} {row[key]:.4f}")
+    return f"epoch {row['epoch']}/{total}: {', '.join(parts)} ({row['seconds']:.1f} s)"
 
 
 def _save_model(model, path: Path) -> None:

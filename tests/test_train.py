@@ -127,3 +127,86 @@ def test_mirrored_strategy_over_two_logical_cpus(small_dataset, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("REPLICAS"))
     assert "2 logical CPU device(s)" in line and np.isfinite(float(line.split()[-1]))
+
+
+# -- a failed start leaves nothing in the way (issues 12 and 14) ---------------------------------
+
+
+def test_weights_file_that_would_not_be_used_is_an_error(small_dataset, tmp_path):
+    from edgeres.model import WeightsError, build_classifier
+    from edgeres.train import train
+
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match="garbage.h5.*resnet-tiny.*would not be used"):
+        build_classifier("resnet-tiny", 2, 32, weights=garbage)
+    with pytest.raises(WeightsError, match="garbage.h5"):
+        train(_config(small_dataset, tmp_path / "run", weights=str(garbage)), verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_start_leaves_out_as_found_and_the_retry_just_works(small_dataset, tmp_path):
+    import keras
+
+    from edgeres.model import WeightsError
+    from edgeres.train import train
+
+    class FailInFirstEpoch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("simulated crash during epoch 1")
+
+    run = tmp_path / "run"
+    config = _config(small_dataset, run, epochs=1, max_per_class=16)
+    # A weights file that does not load (resnet50: Keras reads it and fails): nothing written.
+    garbage = tmp_path / "resnet50_notop.h5"
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(WeightsError, match="resnet50_notop.h5"):
+        train(config.replace(arch="resnet50", weights=str(garbage)), verbose=0)
+    assert not run.exists()
+    # A crash inside epoch 1, after the run files were written: they are removed again.
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(config, callbacks=[FailInFirstEpoch()], verbose=0)
+    assert not run.exists()
+    # Ctrl-C in epoch 1, into an empty folder the user made: the folder stays, empty.
+    run.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()], verbose=0)
+    assert run.is_dir() and list(run.iterdir()) == []
+    # The leftovers of a start killed with -9 before its first epoch (no state.json) are started over.
+    for name, text in (("config.json", "{}"), ("labels.txt", "a\nb\n"), ("dataset.json", "{}"), ("skipped.txt", "")):
+        (run / name).write_text(text)
+    result = train(config, verbose=0)
+    assert result.epochs_done == 1 and (run / "model.keras").is_file()
+    assert json.loads((run / "config.json").read_text())["labels"] == ["cats", "dogs"]
+
+
+class _Interrupt:  # a Keras callback without importing Keras at collection time
+    def __new__(cls):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                raise KeyboardInterrupt
+
+        return Interrupt()
+
+
+def test_cli_failed_start_then_same_command_and_one_line_per_epoch(small_dataset, tmp_path, monkeypatch):
+    """As a user types it: a missing ImageNet download fails in one line and leaves no run; the
+    retry with the same --out trains; piped stdout gets one line per epoch, no progress bar."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}  # no cached weights
+    run = tmp_path / "runs" / "x"
+    base = [sys.executable, "-m", "edgeres.cli", "train", "--data", str(small_dataset), "--out", str(run),
+            "--image-size", "32", "--batch-size", "16", "--max-per-class", "16"]
+    failed = subprocess.run([*base, "--arch", "resnet50", "--weights", "imagenet", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "ImageNet weights" in failed.stderr and "Traceback" not in failed.stderr
+    assert not run.exists()
+    ok = subprocess.run([*base, "--arch", "resnet-tiny", "--weights", "none", "--epochs", "2"],
+                        capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "\r" not in ok.stdout and "━" not in ok.stdout
+    epochs = [ln for ln in ok.stdout.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in epochs] == ["epoch 1/2", "epoch 2/2"], ok.stdout
+    assert "val_accuracy" in epochs[0] and len(ok.stdout.splitlines()) < 15

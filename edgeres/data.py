@@ -88,15 +88,57 @@ class Dataset:
         return self.train.skipped + self.validation.skipped
 
 
-def resolve_data_dir(data: str | Path | None) -> Path:
-    """``--data``, else ``$EDGERES_DATA``, else the public cats_and_dogs_filtered download."""
+def resolve_data_dir(data: str | Path | None, *, log=None) -> Path:
+    """Where the photos are, in one order: ``--data``; ``$EDGERES_DATA``; a cats_and_dogs_filtered
+    copy already on this machine (Keras's download cache, ``./data/``, or a ``shared/data/`` folder
+    beside the checkout); else the download through Keras's cache. ``log`` hears which was used."""
+    say = log or (lambda message: None)
     if data is None and os.environ.get(DATA_ENV):
         data = os.environ[DATA_ENV]
+        say(f"Data: ${DATA_ENV} = {data}")
     if data is not None:
         root = Path(data).expanduser()
         check_data_dir(root)
         return root
+    local = local_cats_and_dogs()
+    if local is not None:
+        say(f"Data: cats_and_dogs_filtered found at {local}")
+        return local
+    say("Data: downloading cats_and_dogs_filtered (68 MB) into Keras's cache (~/.keras/datasets)")
     return download_cats_and_dogs()
+
+
+def local_cats_and_dogs() -> Path | None:
+    """A cats_and_dogs_filtered copy already on this machine, if any."""
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
+    here = Path.cwd()
+    candidates = [keras_home / "cats_and_dogs_filtered", keras_home / "cats_and_dogs_filtered_extracted" / "cats_and_dogs_filtered",
+                  here / "data" / "cats_and_dogs_filtered"]
+    candidates += [parent / "shared" / "data" / "cats_and_dogs_filtered" for parent in (here, *here.parents)][:4]
+    for candidate in candidates:
+        if (candidate / "train").is_dir() and (candidate / "validation").is_dir():
+            return candidate
+    return None
+
+
+def resolve_run_data(run: dict, run_dir: Path, data: str | Path | None, *, log=None) -> Path:
+    """The data set of a finished run, for export: ``--data``; the run's recorded absolute path;
+    the path it was given, relative to here and to the run; ``$EDGERES_DATA``; then as
+    :func:`resolve_data_dir`. Says which one it used, so a moved folder is never a silent surprise."""
+    say = log or (lambda message: None)
+    if data is not None:
+        return resolve_data_dir(data)
+    given = (run.get("train") or {}).get("data")
+    tries = [("the run's recorded path", run.get("data_root"))]
+    if given:
+        tries += [("the run's relative path", given), ("the run's path, from the run folder", Path(run_dir) / given)]
+    for what, path in tries:
+        if path and Path(path).expanduser().is_dir():
+            say(f"Data: {what}, {path}")
+            return Path(path).expanduser()
+    if run.get("data_root") or given:
+        say(f"Data: the run's folder ({run.get('data_root') or given}) is not here; looking elsewhere")
+    return resolve_data_dir(None, log=say)
 
 
 def check_data_dir(root: Path) -> None:
@@ -119,7 +161,7 @@ def download_cats_and_dogs() -> Path:
         path = Path(keras.utils.get_file("cats_and_dogs_filtered.zip", origin=CATS_DOGS_URL, extract=True))
     except Exception as e:  # Keras wraps URLError, HTTPError, SSL errors alike
         raise DataError(
-            f"Could not download the cats_and_dogs_filtered dataset ({type(e).__name__}: {e}). "
+            f"Could not download the cats_and_dogs_filtered dataset ({type(e).__name__}: {str(e)[:120]}). "
             f"This machine may be offline. Point edgeres at a local copy instead: --data DIR "
             f"or {DATA_ENV}=DIR, with DIR holding train/<class>/ and validation/<class>/ folders."
         ) from e

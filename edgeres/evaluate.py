@@ -43,6 +43,8 @@ class Evaluation:
     agreement: dict[str, float] = field(default_factory=dict)
     mean_abs_prob_diff: dict[str, float] = field(default_factory=dict)
     disagreements: dict[str, list[dict]] = field(default_factory=dict, repr=False)
+    # 99th percentile over images of the largest |score difference| of an image: the tail an app shows.
+    p99_abs_prob_diff: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         models = [{"path": m.path, "backend": m.backend, "n": m.n, "accuracy": m.accuracy,
@@ -53,6 +55,7 @@ class Evaluation:
         agreement = next(iter(self.agreement.values())) if len(self.agreement) == 1 else (self.agreement or None)
         return {"classes": list(self.classes), "models": models, "agreement": agreement,
                 "agreement_by_model": self.agreement, "mean_abs_prob_diff": self.mean_abs_prob_diff,
+                "p99_abs_prob_diff": self.p99_abs_prob_diff,
                 "disagreements": self.disagreements,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
@@ -101,12 +104,13 @@ def evaluate(
     threads: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    accelerator: str = "cpu",
 ) -> Evaluation:
-    """Evaluate ``models`` on the ``split`` of the dataset at ``data``."""
+    """Evaluate ``models`` on the ``split`` of the dataset at ``data`` (on the CPU unless told)."""
     classes, items = labelled_images(data, split)
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]
-    classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads) for m in models]
+    classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator) for m in models]
     return compare(classifiers, items, classes, progress=progress)
 
 
@@ -148,7 +152,7 @@ def compare(
         raise DataError("None of the images could be decoded; nothing to evaluate.")
     truth = np.array([label for _, label in kept])
     paths = [str(p) for p, _ in kept]
-    results, agreement, diff, disagreements = [], {}, {}, {}
+    results, agreement, diff, p99, disagreements = [], {}, {}, {}, {}
     for k, clf in enumerate(classifiers):
         pred = np.array(preds[k])
         results.append(_score(str(clf.path), clf.backend, truth, pred, probs[k], paths, classes, lat[k]))
@@ -157,10 +161,12 @@ def compare(
             ref = np.array(preds[0])
             agreement[key] = float(np.mean(ref == pred))
             if len(probs[0][0]) == len(probs[k][0]):
-                diff[key] = float(np.mean(np.abs(np.array(probs[0]) - np.array(probs[k]))))
+                abs_diff = np.abs(np.array(probs[0]) - np.array(probs[k]))
+                diff[key] = float(np.mean(abs_diff))
+                p99[key] = float(np.percentile(abs_diff.max(axis=1), 99))
             disagreements[key] = [{"path": paths[i], "reference": classes[ref[i]], "other": classes[pred[i]]}
                                   for i in np.flatnonzero(ref != pred)]
-    return Evaluation(tuple(classes), tuple(results), tuple(skipped), agreement, diff, disagreements)
+    return Evaluation(tuple(classes), tuple(results), tuple(skipped), agreement, diff, disagreements, p99)
 
 
 def _label_map(clf: Classifier, classes: tuple[str, ...]) -> list[int]:

@@ -109,7 +109,7 @@ class ExportReport:
     max_drop: float
     seconds: dict[str, float] = field(default_factory=dict)
     worst_layers: list[dict] = field(default_factory=list)
-    ranges: str = Ranges.ROBUST.value
+    ranges: str = DEFAULT_RANGES.value
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -120,8 +120,12 @@ class ExportReport:
         v = self.verification
         if "agreement" in v:
             lines.append(f"  int8 vs float32: agreement {v['agreement']:.2%}, accuracy drop "
-                         f"{v['accuracy_drop_pp']:+.2f} pp, mean |dp| {v['mean_abs_prob_diff']:.4f}, "
-                         f"size ratio {v['size_ratio']:.3f}  (n={v['n']})")
+                         f"{v['accuracy_drop_pp']:+.2f} pp, score |dp| mean {v['mean_abs_prob_diff']:.4f} "
+                         f"p99 {v.get('p99_abs_prob_diff', float('nan')):.4f}, size ratio {v['size_ratio']:.3f}  "
+                         f"(n={v['n']})")
+        logits = logits_clipped(self.worst_layers)
+        if logits is not None:
+            lines.append(f"  logits clipped by the int8 range: {logits:.1%} of values (layer report)")
         return "\n".join(lines)
 
 
@@ -139,6 +143,7 @@ def export(
     force: bool = False,
     verify_limit: int | None = None,
     resize: Resize | str | None = None,
+    client_check: bool | None = False,  # None: when MediaPipe is found (the CLI default)
     layer_report: bool = True,
     seed: int = 0,
     threads: int | None = None,
@@ -174,8 +179,7 @@ def export(
     t = time.perf_counter()
     model = load_model(run_dir / "model.keras")
     # The run's own dataset unless told otherwise: calibration and verification must match training.
-    run_root = run.get("data_root") if run.get("data_root") and Path(run["data_root"]).is_dir() else None
-    root = data_lib.resolve_data_dir(data or run_root)
+    root = data_lib.resolve_run_data(run, run_dir, data, log=log)
     dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),
                             seed=run["train"].get("seed", 0), progress=progress)
     if tuple(dataset.classes) != tuple(labels):
@@ -226,6 +230,11 @@ def export(
         }
         if calibration_set is not None:
             calibration_set.save(tmp / "calibration.txt")
+            # A few real photos as the model sees them: the probes an accelerator is checked on at
+            # load (edgeres.runtime's self-check), so a GPU that computes garbage is caught.
+            from edgeres.runtime import PROBES_FILE, write_probes
+
+            write_probes(tmp / PROBES_FILE, np.stack([load_pixels(p, size, resize) for p in calibration_set.paths[:6]]))
         write_bytes_atomic(tmp / "labels.txt", "".join(label + "\n" for label in labels).encode())
         _write_models(tmp, files, meta, labels, size)
 
@@ -233,6 +242,7 @@ def export(
         log(f"Verifying {len(files)} model(s) with LiteRT on the validation split ...")
         verification = verify(tmp, files, dataset, limit=verify_limit, threads=threads, progress=progress)
         timings["verify"] = time.perf_counter() - t
+        clients = _client_checks(tmp, files, dataset, limit=verify_limit, enabled=client_check, log=log)
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if layer_report and calibrated is not None:
@@ -242,7 +252,7 @@ def export(
             timings["layer_report"] = time.perf_counter() - t
 
         meta.update(models={k: {"file": v["file"]} for k, v in files.items()},
-                    verification=verification, max_drop_pp=max_drop,
+                    verification=verification, clients=clients, max_drop_pp=max_drop,
                     status="passed" if passed else "failed", worst_layers=worst[:10],
                     seconds={k: round(v, 2) for k, v in timings.items()})
         # The measured numbers go inside each .tflite too, then into edgeres.json beside them.
@@ -268,6 +278,37 @@ def export(
     if not passed:
         raise QuantizationCheckFailed(report)
     return report
+
+
+def _client_checks(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None,
+                   enabled: bool | None, log) -> dict:
+    """The deployed model through MediaPipe ImageClassifier (decoding and resizing itself, as an
+    app does) against edgeres on the same validation files. ``enabled=None``: when MediaPipe is found."""
+    from edgeres.clients import ClientError, check_mediapipe, find_mediapipe_python
+    from edgeres.runtime import Classifier
+
+    fmt = "int8" if "int8" in files else next(iter(files))
+    if enabled is False:
+        return {}
+    if find_mediapipe_python() is None:
+        if enabled:
+            raise ExportError("--client-check needs MediaPipe; see `edgeres evaluate --help` (--client).")
+        log("Client check skipped: no MediaPipe interpreter (set $EDGERES_MEDIAPIPE_PYTHON to check the "
+            "model in MediaPipe Tasks too).")
+        return {}
+    items = [(s.path, s.label) for s in dataset.validation.samples]
+    if limit:
+        items = items[:: max(1, len(items) // limit)][:limit]
+    log(f"Client check: {fmt} model through MediaPipe ImageClassifier on {len(items)} validation images ...")
+    try:
+        check = check_mediapipe(Classifier(bundle / files[fmt]["file"], accelerator="cpu"), items, tuple(dataset.classes))
+    except ClientError as e:
+        if enabled:
+            raise ExportError(str(e)) from e
+        log(f"Client check failed to run: {e}")
+        return {}
+    log(f"  {check.summary()}")
+    return {"mediapipe": {**check.to_dict(), "format": fmt, "model": files[fmt]["file"]}}
 
 
 def _load_run(run_dir: Path) -> dict:
@@ -857,6 +898,7 @@ def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int |
         out.update(
             agreement=ev.agreement[key],
             mean_abs_prob_diff=ev.mean_abs_prob_diff[key],
+            p99_abs_prob_diff=ev.p99_abs_prob_diff[key],
             accuracy_drop_pp=100 * (out["float32"]["accuracy"] - out["int8"]["accuracy"]),
             size_ratio=files["int8"]["bytes"] / files["float32"]["bytes"],
             disagreements=[d["path"] for d in ev.disagreements[key]][:50],
@@ -919,6 +961,12 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
         w.writerows(rows)
     _plot_layer_errors(rows, out_dir / "layer_errors.png")
     return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def logits_clipped(layer_rows: list[dict]) -> float | None:
+    """Share of the ``logits`` layer's values beyond its int8 range, from the layer report rows."""
+    rows = [r for r in layer_rows if r.get("layer") == "logits" and "clipped_fraction" in r]
+    return max(r["clipped_fraction"] for r in rows) if rows else None
 
 
 def _representable(quantized, scale: float, zero_point: int) -> tuple[float, float]:

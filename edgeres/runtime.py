@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeres._stderr import captured_stderr as _captured_stderr
-from edgeres.preprocess import ImageInput, to_pixels
+from edgeres.preprocess import ImageInput, Resize, resize_of, to_pixels
 
 BUNDLE_JSON = "edgeres.json"
 # A bundle's models, best first for a device: what Classifier(bundle) loads when not told.
@@ -426,6 +426,7 @@ class Classifier:
         self.output_dtype = np.dtype(self._out[0]["dtype"])
         self.output_activation = self._output_activation()
         self.labels = self._labels(data)
+        self.resize = self._resize(data)
         self._cpu = InterpreterBackend(self._interpreter, f"CPU (XNNPACK, {self.threads} threads)")
         self._backend, self.backend = self._cpu, self._cpu.name
 
@@ -491,6 +492,18 @@ class Classifier:
         self._log(f"edgeres: warning: {self.path} has no labels (no TFLite metadata{beside}); "
                   f"classes are named class_0..class_{n - 1}.")
         return tuple(f"class_{i}" for i in range(n))
+
+    def _resize(self, data: bytes) -> Resize:
+        """The resize the model was validated with: from its embedded edgeres record, else the
+        bundle's edgeres.json, else the default rule (what MediaPipe does with a bare model)."""
+        from edgeres.metadata import read_metadata
+
+        try:
+            extra = (read_metadata(data) or {}).get("extra_json")
+            info = json.loads(extra) if extra else None
+        except (ValueError, TypeError):
+            info = None
+        return resize_of(info or bundle_info(self.path) or None)
 
     def _warn_if_failed_bundle(self) -> None:
         info = bundle_info(self.path)
@@ -584,7 +597,7 @@ class Classifier:
 
     def predict(self, image: ImageInput) -> Prediction:
         """Classify one image: a path, encoded bytes, a PIL image or an RGB uint8 array."""
-        return self.predict_pixels(to_pixels(image, self.input_size))
+        return self.predict_pixels(to_pixels(image, self.input_size, self.resize))
 
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
         """Classify model-sized RGB uint8 pixels ``[H, W, 3]`` (already through ``to_pixels``)."""

@@ -7,7 +7,10 @@ Prints ``path<TAB>label<TAB>score`` per image, the same label and score (to 4 de
 ``edgeres predict MODEL IMAGE --json``. Needs only ``ai-edge-litert`` (or ``tflite_runtime``),
 numpy and Pillow: this is all a device has to run. It works on the int8 model (uint8 pixels in,
 uint8 scores out) and on the float32 one (float pixels 0..255 in); normalisation is inside the
-graph, so an app only resizes and feeds pixels. Exits 1 if an image could not be read.
+graph, so an app only resizes (by edgeres's rule, MediaPipe's own: :func:`resize`) and feeds
+pixels. Exits 1 if an image could not be read. (A bundle exported from a run trained before
+edgeres recorded its resize uses Pillow's antialiased bilinear instead; its edgeres.json says
+``"resize": "antialias"``.)
 """
 
 from __future__ import annotations
@@ -35,13 +38,32 @@ def read_labels(model_path: str) -> list[str]:
 
 
 def load_pixels(path: str, width: int, height: int) -> np.ndarray:
-    """RGB uint8 ``[height, width, 3]``: the Pillow calls of ``edgeres.preprocess``, in order."""
+    """RGB uint8 ``[height, width, 3]``, exactly as ``edgeres.preprocess`` makes it."""
     with Image.open(path) as im:
         im.seek(0)  # first frame of an animated GIF
         im.load()
         im = ImageOps.exif_transpose(im).convert("RGB")  # upright as a phone shows it
-    # The whole image, stretched to the input size (no crop), exactly as the model was trained.
-    return np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return resize(np.asarray(im, dtype=np.uint8), height, width)
+
+
+def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The whole image stretched to the input size (no crop) by edgeres's resize rule, which is
+    MediaPipe Tasks' own: output pixel (x, y) samples source position (x * w / width, y * h / height)
+    (corners aligned, no half-pixel offset), rounded to 1/32 pixel; the four neighbours get integer
+    weights (32 - fx) * (32 - fy) ... that sum to 1024; the sum is rounded half up; edges repeat."""
+    h, w = rgb.shape[:2]
+
+    def axis(n_out: int, n_in: int):
+        pos = np.rint(np.arange(n_out) * (n_in / n_out) * 32).astype(np.int64)
+        i0 = pos >> 5
+        return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), (pos & 31).astype(np.int32)
+
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    wx0, wx1 = (32 - fx)[None, :, None], fx[None, :, None]
+    top = rgb[y0[:, None], x0].astype(np.int32) * wx0 + rgb[y0[:, None], x1].astype(np.int32) * wx1
+    bottom = rgb[y1[:, None], x0].astype(np.int32) * wx0 + rgb[y1[:, None], x1].astype(np.int32) * wx1
+    return ((top * (32 - fy)[:, None, None] + bottom * fy[:, None, None] + 512) >> 10).astype(np.uint8)
 
 
 def to_input(pixels: np.ndarray, detail: dict) -> np.ndarray:

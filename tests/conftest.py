@@ -72,3 +72,20 @@ def tiny_export(trained_run, tmp_path_factory):
 def tiny_bundle(tiny_export) -> Path:
     """A bundle directory: model_int8.tflite, model_float32.tflite, edgeres.json, labels.txt (64 px)."""
     return tiny_export.bundle
+
+
+REFERENCE_RUN = REPO.parent / "shared" / "models" / "resnet50-160-scratch"
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(photos_root, tmp_path_factory) -> Path:
+    """The well-trained reference ResNet-50 (160 px, 79%) exported with the defaults and the
+    client-reproducible resize, verified on 300 validation photos (a few minutes on 2 cores)."""
+    if not (REFERENCE_RUN / "model.keras").is_file():
+        pytest.skip(f"reference model not found at {REFERENCE_RUN}")
+    from edgeres.export import export
+
+    out = tmp_path_factory.mktemp("reference") / "resnet50-160"
+    export(REFERENCE_RUN, out=out, data=photos_root, resize="bilinear", verify_limit=300,
+           layer_report=True, log=lambda m: None)
+    return out

@@ -111,7 +111,8 @@ def test_too_few_classes_and_empty_class_are_errors(small_dataset, tmp_path):
         data_lib.scan(root, progress=False)
 
 
-def test_offline_download_names_data_option(monkeypatch):
+def test_offline_download_names_data_option(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no shared/data copy above the working folder
     monkeypatch.delenv(data_lib.DATA_ENV, raising=False)
     monkeypatch.setattr(data_lib, "CATS_DOGS_URL", "http://127.0.0.1:9/cats_and_dogs_filtered.zip")
     monkeypatch.setenv("KERAS_HOME", "/nonexistent-edgeres-test")  # no cached copy
@@ -187,3 +188,44 @@ def test_pipeline_shapes_dtypes_range_and_determinism(small_dataset):
     # Validation images are exactly the runtime's input.
     xv, _ = first_batch(False, 0)
     assert np.array_equal(xv[0], load_pixels(ds.validation.paths[0], 32).astype(np.float32))
+
+
+def test_data_resolution_order_and_mocked_download(monkeypatch, tmp_path, small_dataset):
+    """--data, $EDGERES_DATA, a local copy (Keras cache, ./data, shared/data above), the download."""
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(data_lib.DATA_ENV, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    archive = tmp_path / "download" / "cats_and_dogs_filtered"
+    shutil.copytree(small_dataset, archive, symlinks=True)
+    calls = []
+
+    def fake_get_file(fname, origin, extract):  # what Keras returns: the extracted folder
+        calls.append(origin)
+        return str(archive.parent)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    said = []
+    assert data_lib.resolve_data_dir(None, log=said.append) == archive and calls == [data_lib.CATS_DOGS_URL]
+    assert "downloading" in said[-1]
+    shared = tmp_path / "shared" / "data" / "cats_and_dogs_filtered"
+    shutil.copytree(small_dataset, shared, symlinks=True)
+    assert data_lib.resolve_data_dir(None, log=said.append) == shared and len(calls) == 1
+    monkeypatch.setenv(data_lib.DATA_ENV, str(small_dataset))
+    assert data_lib.resolve_data_dir(None) == small_dataset
+    assert data_lib.resolve_data_dir(shared) == shared
+
+
+def test_a_moved_run_finds_its_data_and_says_where(tmp_path, small_dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(data_lib.DATA_ENV, raising=False)
+    run = {"data_root": "/gone/elsewhere/cats", "train": {"data": "photos"}}
+    (tmp_path / "photos").symlink_to(small_dataset)
+    said = []
+    assert data_lib.resolve_run_data(run, tmp_path / "runs" / "x", None, log=said.append) == Path("photos")
+    assert "relative path" in said[-1]
+    (tmp_path / "photos").unlink()
+    monkeypatch.setenv(data_lib.DATA_ENV, str(small_dataset))
+    assert data_lib.resolve_run_data(run, tmp_path / "runs" / "x", None, log=said.append) == small_dataset
+    assert any("not here" in m for m in said)

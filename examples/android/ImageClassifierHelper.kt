@@ -11,8 +11,9 @@ import com.google.mediapipe.tasks.vision.imageclassifier.ImageClassifier
  * Classifies a [Bitmap] with an edgeres `model_int8.tflite` placed in `app/src/main/assets/`.
  *
  * MediaPipe reads the input size and the category names from the metadata that edgeres embeds
- * in the model, stretches the whole image to the input size (no crop, as edgeres trains), feeds
- * uint8 pixels and dequantizes the uint8 scores. No labels file, no preprocessing code here.
+ * in the model, stretches the whole image to the input size with exactly edgeres's resize rule
+ * (MediaPipe's CPU resize is the rule), feeds uint8 pixels and dequantizes the uint8 scores.
+ * No labels file, no preprocessing code here; [edgeresPixels] is for apps that skip MediaPipe.
  */
 class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseable {
 
@@ -41,5 +42,38 @@ class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseab
 
     companion object {
         const val MODEL_ASSET = "model_int8.tflite"
+
+        /**
+         * The model input edgeres validated, for an app that feeds LiteRT's Interpreter itself
+         * instead of going through MediaPipe: RGB bytes `[outH, outW, 3]` made by edgeres's resize
+         * rule (MediaPipe's own). Do not use `Bitmap.createScaledBitmap`: its filtering is not this.
+         * Output pixel (x, y) samples source (x * w / outW, y * h / outH), corners aligned, rounded
+         * to 1/32 pixel; integer weights (32 - fx) * (32 - fy) ... summing to 1024, rounded half up.
+         */
+        fun edgeresPixels(bitmap: Bitmap, outW: Int, outH: Int): ByteArray {
+            val w = bitmap.width
+            val h = bitmap.height
+            val argb = IntArray(w * h)
+            bitmap.getPixels(argb, 0, w, 0, 0, w, h)
+            fun axis(nOut: Int, nIn: Int): Triple<IntArray, IntArray, IntArray> {
+                val i0 = IntArray(nOut); val i1 = IntArray(nOut); val f = IntArray(nOut)
+                for (i in 0 until nOut) {
+                    val pos = Math.rint(i.toDouble() * (nIn.toDouble() / nOut) * 32).toInt()  // half to even
+                    i0[i] = minOf(pos shr 5, nIn - 1); i1[i] = minOf((pos shr 5) + 1, nIn - 1); f[i] = pos and 31
+                }
+                return Triple(i0, i1, f)
+            }
+            val (y0, y1, fy) = axis(outH, h)
+            val (x0, x1, fx) = axis(outW, w)
+            val out = ByteArray(outW * outH * 3)
+            for (y in 0 until outH) for (x in 0 until outW) for (c in 0 until 3) {
+                val shift = 16 - 8 * c  // R, G, B in ARGB
+                fun px(yy: Int, xx: Int) = (argb[yy * w + xx] shr shift) and 0xFF
+                val top = px(y0[y], x0[x]) * (32 - fx[x]) + px(y0[y], x1[x]) * fx[x]
+                val bottom = px(y1[y], x0[x]) * (32 - fx[x]) + px(y1[y], x1[x]) * fx[x]
+                out[(y * outW + x) * 3 + c] = ((top * (32 - fy[y]) + bottom * fy[y] + 512) shr 10).toByte()
+            }
+            return out
+        }
     }
 }

@@ -1,0 +1,60 @@
+"""The pixels an app feeds are the pixels edgeres validated: MediaPipe Tasks' ImageClassifier, the
+client most apps use, against edgeres on the same files (MediaPipe lives in its own venv)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from edgeres.clients import MEDIAPIPE_ENV, ClientError, check_mediapipe, mediapipe_scores
+from edgeres.evaluate import labelled_images
+from edgeres.preprocess import decode
+from edgeres.runtime import Classifier
+
+needs_mediapipe = pytest.mark.skipif(
+    not os.environ.get(MEDIAPIPE_ENV),
+    reason=f"set {MEDIAPIPE_ENV} to a python with mediapipe (its own venv; .ci/run makes one)")
+
+
+def _spread(items, n):
+    return items[:: max(1, len(items) // n)][:n]
+
+
+@needs_mediapipe
+@pytest.mark.slow
+def test_mediapipe_given_the_decoded_image_gives_edgeres_scores_exactly(tiny_bundle, photos_root):
+    """Same decoded image in, same resize inside: MediaPipe's int8 scores are edgeres's, bit for bit."""
+    clf = Classifier(tiny_bundle / "model_int8.tflite", accelerator="cpu")
+    assert clf.resize.value == "bilinear"
+    classes, items = labelled_images(photos_root)
+    paths = [p for p, _ in _spread(items, 60)]
+    images = [np.asarray(decode(p)) for p in paths]
+    ours = [clf.predict(img).probabilities for img in images]
+    theirs = []
+    for path, img in zip(paths, images):  # full-size images differ in shape: one call each
+        [scores] = mediapipe_scores(clf.path, [path], pixels=img[None])
+        theirs.append(scores)
+    diff = np.abs(np.array(ours) - np.array(theirs))
+    assert diff.max() < 1e-6, diff.max()
+
+
+@needs_mediapipe
+@pytest.mark.slow
+def test_mediapipe_from_file_agrees_with_edgeres_on_the_reference_model(reference_bundle, photos_root):
+    """The done-line of the client-pixels issue, on a confident model and real photos."""
+    clf = Classifier(reference_bundle / "model_int8.tflite", accelerator="cpu")
+    classes, items = labelled_images(photos_root)
+    check = check_mediapipe(clf, _spread(items, 240), classes)
+    assert check.n == 240 and check.failed == 0
+    assert check.agreement >= 0.99, check.summary()
+    assert abs(check.accuracy - check.edgeres_accuracy) <= 0.01, check.summary()
+
+
+def test_missing_mediapipe_is_one_line_saying_how_to_get_it(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'mediapipe'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(ClientError, match="pip install mediapipe"):
+        mediapipe_scores(tmp_path / "model_int8.tflite", ["x.jpg"], python=str(fake))

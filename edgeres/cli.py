@@ -11,9 +11,12 @@ import glob
 import json
 import sys
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
+
+from edgeres.preprocess import Resize
 
 app = typer.Typer(
     help="Folder of labelled photos -> ResNet-50 -> faithful int8 .tflite -> LiteRT on the edge.\n\n"
@@ -81,11 +84,16 @@ def _finite(value):
 
 
 from edgeres.runtime import Accelerator  # noqa: E402 -- light: numpy + the runtime, no LiteRT import yet
+from edgeres.export import DEFAULT_RANGES, RANGES, Ranges  # noqa: E402 -- no TensorFlow at import
 
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores; LiteRT's own default is 1). More than 4 per core is capped, with a note.")]
 AcceleratorOpt = Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="gpu uses LiteRT's GPU accelerator (a bundle runs its float16 model there). Any accelerator is checked against the CPU on probe inputs when it loads; when it is unavailable or disagrees, edgeres says why and runs on CPU.")]
 DelegateOpt = Annotated[Optional[Path], typer.Option("--delegate", exists=True, dir_okay=False, help="External delegate library (.so), e.g. a TFLite GPU or Edge TPU delegate; checked against the CPU when it loads.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail instead of falling back to CPU when the accelerator or delegate is unavailable or disagrees with the CPU.")]
+class Client(str, Enum):
+    MEDIAPIPE = "mediapipe"
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
@@ -181,9 +189,11 @@ def export_cmd(
     calibration_size: Annotated[int, typer.Option(min=1, help="Without --calibration: images to draw (stratified, seeded).")] = 300,
     max_drop: Annotated[float, typer.Option(min=0.0, max=100.0, callback=_finite, help="Fail (exit 1, bundle marked FAILED) if int8 accuracy is more than PP points below float32.")] = 1.0,
     float_layers: Annotated[Optional[str], typer.Option(help="Comma-separated Keras layer names to keep in float (trade speed for accuracy; see layer_errors.csv).")] = None,
-    ranges: Annotated[str, typer.Option(help="int8 activation ranges, robust | minmax. robust: each image's exact min/max per tensor, median over groups of 10 images, so a rare outlier image cannot stretch a range. minmax: TensorFlow's calibrator, global min/max (one outlier widens a range for all images).")] = "robust",
+    ranges: Annotated[Ranges, typer.Option(help="int8 activation ranges: " + "; ".join(f"{r.value}: {RANGES[r]}" for r in Ranges) + ".", case_sensitive=False)] = DEFAULT_RANGES,
     verify_limit: Annotated[Optional[int], typer.Option(min=1, help="Verify on at most N validation images (default: all).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    client_check: Annotated[Optional[bool], typer.Option("--client-check/--no-client-check", help="Also run the int8 model through MediaPipe Tasks' ImageClassifier on the validation photos and record its agreement with edgeres in edgeres.json (default: when a MediaPipe interpreter is found; see evaluate --client).")] = None,
+    resize: Annotated[Optional[Resize], typer.Option(help="Resize rule (default: the one the run was trained with). bilinear: the rule MediaPipe and every edgeres client reproduce exactly; antialias: Pillow's antialiased bilinear (edgeres 0.1 runs).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle; only a folder edgeres exported (edgeres.json and the files it writes) is ever replaced.")] = False,
     layer_report: Annotated[bool, typer.Option(help="Per-layer int8 error report (layer_errors.csv/.png).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for drawing the calibration set.")] = 0,
 ):
@@ -201,8 +211,6 @@ def export_cmd(
 
         from edgeres.export import QuantizationCheckFailed, export
 
-        if ranges not in ("robust", "minmax"):
-            raise typer.BadParameter(f"{ranges!r} is not one of: robust, minmax.", param_hint="--ranges")
         formats = [f for f, on in (("int8", int8), ("float32", float32), ("float16", fp16), ("dynamic", dynamic)) if on]
         if not formats:
             formats = ["int8"]
@@ -216,7 +224,7 @@ def export_cmd(
                 report = export(run_dir, out=out, formats=tuple(formats), data=data, calibration=calibration,
                                 calibration_size=calibration_size, max_drop=max_drop, force=force,
                                 float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
-                                ranges=ranges, verify_limit=verify_limit, layer_report=layer_report, seed=seed,
+                                ranges=ranges, verify_limit=verify_limit, resize=resize, client_check=client_check, layer_report=layer_report, seed=seed,
                                 log=lambda m: typer.echo(m, err=True))
             except QuantizationCheckFailed as e:
                 typer.echo(e.report.summary())
@@ -323,6 +331,16 @@ def _print_predictions(rows, clf, top_k: int) -> None:
     Console().print(table)
 
 
+def _short_names(paths: list[str]) -> list[str]:
+    """The shortest path tails that tell the models apart (``cats-dogs/model_int8.tflite``)."""
+    parts = [Path(p).parts for p in paths]
+    for k in range(1, max(len(x) for x in parts) + 1):
+        names = ["/".join(x[-k:]) for x in parts]
+        if len(set(names)) == len(set(paths)):
+            return names
+    return list(paths)
+
+
 @app.command()
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
@@ -330,6 +348,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
+    accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default: the reference) | gpu | auto. gpu runs a bundle's float16 model on LiteRT's GPU accelerator after a self-check against the CPU.")] = Accelerator.CPU,
+    client: Annotated[Optional[Client], typer.Option(help="Also run each model through this client on the same files and report its accuracy and agreement with edgeres. mediapipe: MediaPipe Tasks ImageClassifier, decoding and resizing the files itself as an app does (interpreter: $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe).")] = None,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
 ):
@@ -341,26 +361,45 @@ def evaluate(
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
 
-        ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out)
+        ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
+                      accelerator=accelerator.value)
+        checks = []
+        if client is Client.MEDIAPIPE:
+            from edgeres.clients import check_mediapipe
+            from edgeres.evaluate import labelled_images
+            from edgeres.runtime import Classifier
+
+            classes, items = labelled_images(data, split)
+            if limit:
+                items = items[:: max(1, len(items) // limit)][:limit]
+            checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes) for m in models]
         if report:
             ev.save_report(report)
+            if checks:
+                (report / "clients.json").write_text(json.dumps([c.to_dict() for c in checks], indent=2) + "\n")
         if json_out:
-            typer.echo(json.dumps(ev.to_dict()))
+            typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
             return
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{data} ({split})", title_justify="left")
+        names = dict(zip((m.path for m in ev.models), _short_names([m.path for m in ev.models])))
         for col in ("model", "n", "accuracy", "95% CI", *[f"{c} P/R" for c in ev.classes], "ms"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+            # The model column never truncates: float32 and int8 must stay tellable apart.
+            table.add_column(col, justify="left" if col == "model" else "right",
+                             no_wrap=col != "model", overflow="fold", min_width=len(max(names.values(), key=len)) if col == "model" else None)
         for m in ev.models:
             pr = [f"{m.per_class[c]['precision']:.2f}/{m.per_class[c]['recall']:.2f}" for c in ev.classes]
-            table.add_row(m.path, str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
+            table.add_row(names[m.path], str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
                           f"{m.mean_latency_ms:.1f}")
         Console().print(table)
         for other, agree in ev.agreement.items():
-            typer.echo(f"agreement with {ev.models[0].path}: {other} {agree:.2%} "
-                       f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}")
+            typer.echo(f"agreement with {names[ev.models[0].path]}: {names.get(other, other)} {agree:.2%} "
+                       f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}, "
+                       f"p99 |dp| {ev.p99_abs_prob_diff.get(other, float('nan')):.4f}")
+        for check in checks:
+            typer.echo(f"{_short_names([check.model])[0]}: {check.summary()}")
         if ev.skipped:
             typer.secho(f"skipped {len(ev.skipped)} unreadable image(s)", fg="yellow", err=True)
         if report:
@@ -449,33 +488,6 @@ def camera(
             raise typer.Exit(130)
 
 
-@app.command()
-def serve(
-    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
-    https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
-):
-    """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
-
-    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels
-    edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's
-    labels and verification numbers. Everything is served from this machine (works offline);
-    only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
-
-    Example: edgeres serve export/cats-dogs
-    Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https
-    """
-    with _friendly_errors():
-        from edgeres.serve import ServeError, serve as serve_bundle
-
-        try:
-            serve_bundle(bundle, host=host, port=port, https=https, log=typer.echo)
-        except ServeError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(EXIT_USAGE)
-
-
 # -- doctor --------------------------------------------------------------------------------
 
 
@@ -506,6 +518,33 @@ def doctor(
         typer.echo(format_report(report))
     if not report["ok"]:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
+    https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
+):
+    """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
+
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels
+    edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's
+    labels and verification numbers. Everything is served from this machine (works offline);
+    only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+
+    Example: edgeres serve export/cats-dogs
+    Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https
+    """
+    with _friendly_errors():
+        from edgeres.serve import ServeError, serve as serve_bundle
+
+        try:
+            serve_bundle(bundle, host=host, port=port, https=https, log=typer.echo)
+        except ServeError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
 
 
 def main() -> None:  # pragma: no cover

@@ -230,15 +230,13 @@ def _litert_gpu(pixels, expected) -> dict:
 
 
 def opencv_backends() -> dict:
-    info: dict = {"installed": importlib.util.find_spec("cv2") is not None, "version": None,
-                  "video_backends": [], "camera_backends": [], "gui": None, "display": None}
-    if not info["installed"]:
-        return info
+    info: dict = {"installed": False, "version": None, "video_backends": [], "camera_backends": [], "gui": None,
+                  "display": None}
     try:
         import cv2
-    except ImportError:  # present but broken (missing libGL, say): same fix as absent
-        info["installed"] = False
+    except ImportError:  # absent, or present but broken (missing libGL, say): the same fix
         return info
+    info["installed"] = True
     info["version"] = cv2.__version__
     registry = cv2.videoio_registry
     info["video_backends"] = list(dict.fromkeys(registry.getBackendName(b) for b in registry.getBackends()))

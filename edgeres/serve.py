@@ -173,8 +173,8 @@ def load_bundle(path: str | Path) -> ServedBundle:
     config = {
         "name": info.get("name") or path.resolve().name,
         "labels": labels,
-        "input": {**(info.get("input") or {}), "size": described[0]["input"]["size"],
-                  "resize_rule": _resize_rule(info)},
+        "input": {**(info.get("input") or {}), "size": described[0]["input"]["size"]},
+        "resize": _resize_rule(info),
         "models": described,
         "verification": info.get("verification"),
         "status": info.get("status"),

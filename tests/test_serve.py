@@ -27,8 +27,8 @@ from PIL import Image
 from edgeres import preprocess
 from edgeres.preprocess import decode, to_pixels
 
-REPO = Path(__file__).resolve().parents[1]
-WEB = REPO / "edgeres" / "web"
+from edgeres.serve import WEB_DIR as WEB
+
 NODE = shutil.which("node")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -128,7 +128,7 @@ class Chromium:
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
-        self._buffer = b""
+        self._buffer = [b""]  # chunks; only the last may hold the end of a message
         self._next_id = 0
         self.console: list[str] = []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
@@ -160,15 +160,17 @@ class Chromium:
     def _read(self, deadline: float) -> dict:
         import select
 
-        while b"\0" not in self._buffer:
+        while b"\0" not in self._buffer[-1]:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
                 raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._from_browser, 1 << 20)
+            chunk = os.read(self._from_browser, 1 << 22)
             if not chunk:
                 raise RuntimeError("Chromium exited")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
+            self._buffer.append(chunk)
+        head, rest = self._buffer[-1].split(b"\0", 1)
+        message = b"".join(self._buffer[:-1]) + head
+        self._buffer = [rest]
         return json.loads(message)
 
     def goto(self, url: str) -> None:
@@ -401,3 +403,212 @@ def _decode_terminal_qr(text: str) -> str:
     image = np.kron(grid * 255, np.ones((8, 8), np.uint8)).astype(np.uint8)
     value, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
     return value
+
+
+# -- the page in a real browser -----------------------------------------------------------------
+
+CLIP_SIZE = (640, 480)  # what the page asks the camera for, so Chrome need not rescale
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+def write_y4m(frames: list[np.ndarray], path: Path, fps: int = 5, repeat: int = 3) -> None:
+    """An I420 y4m clip (BT.601 studio range), each RGB frame held for ``repeat`` frames."""
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+            y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+            u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+            v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+            planes = [y] + [c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) for c in (u, v)]
+            data = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in planes)
+            for _ in range(repeat):
+                f.write(b"FRAME\n" + data)
+
+
+def predict_json(bundle: Path, paths: list[Path]) -> dict[str, dict]:
+    """``edgeres predict BUNDLE ... --json --top-k 2`` by file name."""
+    out = cli("predict", bundle, *paths, "--json", "--top-k", "2", "--accelerator", "cpu")
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def _rgb(b64: str, h: int, w: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(h, w, 3)
+
+
+@pytest.fixture(scope="module")
+def page(tiny_bundle, photos_root, tmp_path_factory):
+    """The tiny bundle served by ``edgeres serve``, open in Chromium whose camera plays a clip of
+    real photos: 3 the model calls one label and 3 the other (per ``edgeres predict``)."""
+    from edgeres.serve import check_assets, make_server, serve_in_thread, ServeError
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    try:
+        check_assets()
+    except ServeError as e:
+        pytest.skip(str(e))
+    work = tmp_path_factory.mktemp("serve_page")
+    pool = sample_photos(photos_root, 24)
+    scenes = {p.stem: np.asarray(decode(p).resize(CLIP_SIZE, Image.BILINEAR)) for p in pool}
+    (work / "scenes").mkdir()
+    for name, rgb in scenes.items():
+        Image.fromarray(rgb).save(work / "scenes" / f"{name}.png")
+    scene_predictions = predict_json(tiny_bundle, sorted((work / "scenes").glob("*.png")))
+    labels = json.loads((tiny_bundle / "edgeres.json").read_text())["labels"]
+    chosen = []
+    for label in labels[:2]:  # the 3 most confident scenes of each label, so the answer must change
+        ranked = sorted((r for r in scene_predictions.values() if r["label"] == label), key=lambda r: -r["score"])
+        chosen += [Path(r["path"]).stem for r in ranked[:3]]
+    assert len({scene_predictions[f"{c}.png"]["label"] for c in chosen}) == 2, \
+        f"the tiny model calls every scene the same: {scene_predictions}"
+    clip = work / "clip.y4m"
+    write_y4m([scenes[c] for c in chosen], clip)
+
+    server = make_server(tiny_bundle, port=0)
+    serve_in_thread(server)
+    browser = Chromium(CHROMIUM, camera_clip=clip)
+    try:
+        browser.goto(server.url + "?autostart=1&record=6&frames=1")
+        browser.wait_for("window.edgeres && window.edgeres.app.ready", timeout=90)
+        yield {"browser": browser, "server": server, "bundle": tiny_bundle, "work": work,
+               "scenes": {c: scenes[c] for c in chosen}, "scene_predictions": scene_predictions}
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+
+
+@needs_browser
+def test_camera_labels_match_predict_on_the_same_frames(page):
+    browser, bundle, work = page["browser"], page["bundle"], page["work"]
+    # Collect frames until every scene of the clip has been seen (the clip loops every 3.6 s).
+    # Chrome delivers each y4m frame several times: identical frames must get identical answers,
+    # and are checked once.
+    frames, seen, deadline = {}, set(), time.monotonic() + 60
+    n_records = 0
+    while len(seen) < len(page["scenes"]) and time.monotonic() < deadline:
+        time.sleep(0.4)
+        for r in browser.evaluate("window.edgeres.takeRecords()"):
+            if r["source"] != "camera":
+                continue
+            n_records += 1
+            answer = [(x["variant"], x["label"], x["score"]) for x in r["results"]]
+            if r["image"] in frames:
+                assert frames[r["image"]]["answer"] == answer, "the same frame got two answers"
+                continue
+            frame = _rgb(r["image"], r["height"], r["width"])
+            coarse = frame[::4, ::4].astype(np.int16)
+            distance = {name: float(np.abs(coarse - rgb[::4, ::4]).mean()) if rgb.shape == frame.shape else 1e9
+                        for name, rgb in page["scenes"].items()}
+            r.update(scene=min(distance, key=distance.get), frame_rgb=frame, answer=answer)
+            r["distance"] = distance[r["scene"]]
+            seen.add(r["scene"])
+            frames[r["image"]] = r
+    assert len(seen) == len(page["scenes"]), f"the page saw only {sorted(seen)} of the clip's scenes"
+    records = list(frames.values())
+    assert int(browser.evaluate("document.getElementById('result').dataset.frames")) >= n_records
+
+    size = tuple(json.loads((bundle / "edgeres.json").read_text())["input"]["size"])
+    config = page["server"].bundle.config
+    # Each distinct frame as Chrome delivered it (after its YUV->RGB, and any rescaling), saved
+    # lossless, then `edgeres predict` on exactly those frames.
+    (work / "frames").mkdir(exist_ok=True)
+    paths = []
+    for i, r in enumerate(records):
+        assert r["distance"] < 3, f"frame {i} is not a clip frame (mean |diff| {r['distance']:.1f})"
+        # The page's model input is to_pixels of that frame, byte for byte.
+        expected = python_pixels(r["frame_rgb"], size, config["resize"])
+        assert np.array_equal(_rgb(r["pixels"], *size), expected), f"frame {i}: JS pixels differ from to_pixels"
+        paths.append(work / "frames" / f"frame{i:03d}.png")
+        Image.fromarray(r["frame_rgb"]).save(paths[-1], compress_level=1)
+    predicted = predict_json(bundle, paths)
+    for i, (r, path) in enumerate(zip(records, paths)):
+        ref = predicted[path.name]
+        int8 = next(x for x in r["results"] if x["variant"] == "int8")
+        assert int8["label"] == ref["label"], (i, r["scene"], int8, ref)
+        assert abs(int8["score"] - ref["score"]) < 1e-5, (i, int8, ref)  # same pixels, same kernels
+    # And against predict on the clip's scenes themselves (before Chrome's YUV round trip).
+    agree = np.mean([next(x for x in r["results"] if x["variant"] == "int8")["label"]
+                     == page["scene_predictions"][f"{r['scene']}.png"]["label"] for r in records])
+    assert agree >= 0.95, f"only {agree:.0%} of frames agree with predict on the source scenes"
+    # float32 beside int8 on every frame, each against Python LiteRT on the same pixels.
+    from edgeres.runtime import Classifier
+
+    float_model = Classifier(bundle, variant="float32", accelerator="cpu")
+    for r in records:
+        f32 = next(x for x in r["results"] if x["variant"] == "float32")
+        ref = float_model.predict_pixels(_rgb(r["pixels"], *size))
+        assert f32["label"] == ref.label and abs(f32["score"] - ref.score) < 1e-4, (f32, ref)
+    labels_seen = {next(x for x in r["results"] if x["variant"] == "int8")["label"] for r in records}
+    assert len(labels_seen) == 2, "the page's answer never changed although the clip did"
+
+
+@needs_browser
+def test_screenshot_shows_the_overlay(page):
+    browser = page["browser"]
+    browser.wait_for("document.getElementById('result').dataset.source === 'camera' && "
+                     "Number(document.getElementById('result').dataset.frames) > 2")
+    rect = browser.evaluate("(() => { const r = document.getElementById('view').getBoundingClientRect();"
+                            " return [r.left, r.top, r.width, r.height, document.getElementById('view').height]; })()")
+    shot = browser.screenshot().astype(np.int16)
+    left, top, width, height, canvas_h = rect
+    scale = height / canvas_h
+    n_lines = len(page["server"].bundle.variants) + 1
+    line_h = max(16, round(canvas_h / 18))
+    band_h = (n_lines * line_h + 2 * round(line_h / 3)) * scale
+    x0, x1 = int(left) + 2, int(left + width) - 2
+    band = shot[int(top) + 2:int(top + band_h) - 2, x0:x1]
+    below = shot[int(top + band_h) + 4:int(top + height) - 2, x0:x1]
+    background = (np.abs(band - 16) <= 4).all(axis=-1).mean()
+    white = (band >= 235).all(axis=-1).mean()
+    marker = ((np.abs(band - (26, 188, 156)) <= 12).all(axis=-1) | (np.abs(band - (230, 126, 34)) <= 12).all(axis=-1))
+    assert background > 0.6, f"overlay band not found: {background:.0%} of its area has the band colour"
+    assert white > 0.01, f"no text in the overlay band ({white:.2%} white)"
+    assert marker.sum() > 20 * n_lines, "no per-model marker in the overlay"
+    assert below.std() > 20, "the video is not drawn under the overlay"
+    assert (np.abs(below - 16) <= 4).all(axis=-1).mean() < 0.2
+
+
+@needs_browser
+def test_dropped_photo_is_labelled_like_predict(page, photos_root):
+    browser, bundle = page["browser"], page["bundle"]
+    photos = sample_photos(photos_root, 30)[-4:]  # not the clip's scenes
+    reference = predict_json(bundle, photos)
+    size = tuple(json.loads((bundle / "edgeres.json").read_text())["input"]["size"])
+    config = page["server"].bundle.config
+    for photo in photos:
+        data = base64.b64encode(photo.read_bytes()).decode()
+        browser.evaluate(f"""(() => {{
+            const bytes = Uint8Array.from(atob('{data}'), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], '{photo.name}', {{ type: 'image/jpeg' }}));
+            document.getElementById('drop').dispatchEvent(
+                new DragEvent('drop', {{ dataTransfer: transfer, bubbles: true, cancelable: true }}));
+        }})()""")
+        browser.wait_for(f"document.getElementById('result').dataset.source === 'file' && "
+                         f"document.getElementById('result').textContent.includes('{photo.name}')")
+        result = browser.evaluate("({...document.getElementById('result').dataset})")
+        record = [r for r in browser.evaluate("window.edgeres.takeRecords()") if r["name"] == photo.name][-1]
+        ref = reference[photo.name]
+        assert result["label"] == ref["label"], (photo.name, result, ref)
+        assert abs(float(result["score"]) - ref["score"]) < 0.02, (photo.name, result, ref)
+        # Chrome's JPEG decoder against Pillow's: the model input should differ by little, if at all.
+        page_pixels = _rgb(record["pixels"], *size).astype(np.int16)
+        python = python_pixels(np.asarray(decode(photo)), size, config["resize"])
+        assert np.abs(page_pixels - python).mean() < 1.0, photo.name
+
+
+@needs_browser
+def test_page_shows_the_bundle_facts(page):
+    browser, bundle = page["browser"], page["bundle"]
+    info = json.loads((bundle / "edgeres.json").read_text())
+    assert browser.evaluate("document.getElementById('model-name').textContent") == info["name"]
+    facts = browser.evaluate("document.getElementById('facts').textContent")
+    assert ", ".join(info["labels"]) in facts
+    table = browser.evaluate("document.getElementById('verification').textContent")
+    for variant in ("int8", "float32"):
+        assert f"{variant} accuracy{100 * info['verification'][variant]['accuracy']:.1f}%" in table
+    assert f"{100 * info['verification']['agreement']:.1f}%" in table

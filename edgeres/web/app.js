@@ -3,7 +3,8 @@
 //
 // URL parameters: autostart=1 starts the camera at once; facing=user|environment picks the
 // camera; models=int8,float32 loads only those; threads=0 forces one thread; record=N keeps the
-// last N inputs and answers for window.edgeres.takeRecords() (test harnesses).
+// last N inputs and answers for window.edgeres.takeRecords() (test harnesses), frames=1 with
+// the whole frame each was computed from.
 //
 // #result carries the latest answer of the first model for any harness: data-label,
 // data-score, data-frames (camera frames classified), data-source, data-fps, data-latency-ms,
@@ -32,6 +33,7 @@ const app = {
   frameTimes: [],
   records: [],
   recordLimit: Number(params.get('record') || 0),
+  recordFrames: params.get('frames') === '1', // records keep the whole frame too (large)
   error: null,
   ready: false,
 };
@@ -48,7 +50,7 @@ async function init() {
   const config = await fetchJson('bundle/config.json');
   app.config = config;
   app.size = [config.input.size[0], config.input.size[1]];
-  app.resize = config.input.resize_rule || 'bilinear';
+  app.resize = config.resize || 'bilinear';
   if (!RESIZE_RULES.includes(app.resize)) {
     throw new Error(`this bundle's resize rule "${app.resize}" is unknown to this page (knows ${RESIZE_RULES}); update edgeres`);
   }
@@ -174,7 +176,7 @@ async function processImage(image, source, name = '') {
   publish(results, info);
   drawOverlay(results, info);
   if (app.recordLimit) {
-    app.records.push({ ...info, frame: app.frames, pixels, results });
+    app.records.push({ ...info, frame: app.frames, pixels, results, image: app.recordFrames ? image : null });
     if (app.records.length > app.recordLimit) app.records.shift();
   }
   return results;
@@ -405,6 +407,14 @@ function fail(error) {
 
 // -- for test harnesses and benchmarks -----------------------------------------------------------
 
+function rgbOf(image) {
+  const rgb = new Uint8Array(image.width * image.height * 3);
+  for (let i = 0, o = 0; o < rgb.length; i += 4, o += 3) {
+    rgb[o] = image.data[i]; rgb[o + 1] = image.data[i + 1]; rgb[o + 2] = image.data[i + 2];
+  }
+  return rgb;
+}
+
 function toBase64(bytes) {
   let s = '';
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
@@ -420,7 +430,8 @@ window.edgeres = {
   stopCamera,
   /** The recorded inputs (base64 RGB) and answers since the last call (needs ?record=N). */
   takeRecords() {
-    const out = app.records.map((r) => ({ ...r, pixels: toBase64(r.pixels) }));
+    const out = app.records.map(({ image, ...r }) => ({ ...r, pixels: toBase64(r.pixels),
+                                                       image: image ? toBase64(rgbOf(image)) : null }));
     app.records = [];
     return out;
   },

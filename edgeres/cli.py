@@ -529,10 +529,9 @@ def serve(
 ):
     """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
 
-    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels
-    edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's
-    labels and verification numbers. Everything is served from this machine (works offline);
-    only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+
+    The JS/WASM files come from `npm ci` in the edgeres checkout (once). A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
 
     Example: edgeres serve export/cats-dogs
     Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https
@@ -545,6 +544,28 @@ def serve(
         except ServeError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
+
+
+def _reflow(doc: str) -> str:
+    """A docstring as --help text: each paragraph one line (Rich wraps it to the terminal), each
+    ``Example:`` line a paragraph of its own. Hard line breaks would split sentences mid-way."""
+    import inspect
+
+    paragraphs = []
+    for block in inspect.cleandoc(doc).split("\n\n"):
+        current: list[str] = []
+        for line in block.splitlines():
+            if line.lstrip().startswith("Example") and current:
+                paragraphs.append(" ".join(current))
+                current = []
+            current.append(line.strip())
+        paragraphs.append(" ".join(current))
+    return "\n\n".join(paragraphs)
+
+
+for _command in app.registered_commands:
+    if _command.help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.help = _reflow(_command.callback.__doc__)
 
 
 def main() -> None:  # pragma: no cover

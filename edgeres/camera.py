@@ -701,8 +701,9 @@ class _Output:
     # overlay ----------------------------------------------------------------------------
 
     def _annotate(self, r: _Result, agree: bool | None) -> np.ndarray:
-        img = r.frame.image.copy()  # the source's array is not ours to draw on
-        h, w = img.shape[:2]
+        """The frame with a text panel *above* it: the picture itself stays whole (a panel drawn
+        over the top of the frame hid the dog's head in the test clip)."""
+        h, w = r.frame.image.shape[:2]
         scale = max(0.4, min(w, 2 * h) / 1000)
         line = int(32 * scale / 0.6)
         first = AGREE_BGR if agree is not False else DISAGREE_BGR
@@ -713,7 +714,11 @@ class _Output:
                           f"disagree {rate:.1f}%", AGREE_BGR if agree else DISAGREE_BGR))
         texts.append((f"{self.fps:.1f} FPS  {r.latency_ms:.1f} ms model  "
                       f"{r.capture_to_result_ms:.0f} ms capture-to-result", TEXT_BGR))
-        cv2.rectangle(img, (0, 0), (w, line * len(texts) + line // 3), BANNER_BGR, cv2.FILLED)
+        panel = line * len(texts) + line // 3
+        panel += panel % 2  # even frame heights for the video codecs
+        img = np.empty((panel + h, w, 3), dtype=np.uint8)
+        img[:panel] = BANNER_BGR
+        img[panel:] = r.frame.image  # a copy: the source's array is not ours to draw on
         for i, (text, colour) in enumerate(texts):
             cv2.putText(img, text, (int(10 * scale / 0.6), line * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
                         scale, colour, 1 if scale < 0.8 else 2, cv2.LINE_AA)

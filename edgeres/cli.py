@@ -355,8 +355,10 @@ def evaluate(
 ):
     """Accuracy (95% CI), per-class precision/recall and confusion of each model; agreement between them.
 
-    All models see byte-identical input pixels. Example (float vs int8):
-    edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
+    All models see byte-identical input pixels, made by each model's own resize rule; --client
+    mediapipe also runs each model through MediaPipe Tasks as an app would and reports agreement.
+
+    Example (float vs int8): edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval

@@ -10,9 +10,15 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
+import os
+
 from edgeres._stderr import import_tensorflow_quietly
 
-import_tensorflow_quietly()
+# Keras on TensorFlow (edgeres's engine) imports it anyway; its start-up notices are dropped
+# first. The builder itself is backend-neutral (keras.ops only): benchmarks/gpu_check.py runs it
+# on Keras's JAX backend where a machine has no TensorFlow.
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    import_tensorflow_quietly()
 
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
@@ -105,6 +111,18 @@ def build_classifier(
     x = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgeres_{arch.value.replace('-', '_')}")
+
+
+def compile_for_training(model: keras.Model, *, learning_rate: float, decay_steps: int, weight_decay: float,
+                         label_smoothing: float, jit_compile: bool) -> None:
+    """edgeres's recipe: AdamW on a cosine decay to 1% of ``learning_rate``, label smoothing."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
 
 
 def unfreeze_top(model: keras.Model, stages: int = 1) -> None:

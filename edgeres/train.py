@@ -44,7 +44,13 @@ from edgeres.config import (  # noqa: E402
     write_bytes_atomic,
     write_json_atomic,
 )
-from edgeres.model import build_classifier, check_weights, load_model, unfreeze_top  # noqa: E402
+from edgeres.model import (  # noqa: E402
+    build_classifier,
+    check_weights,
+    compile_for_training,
+    load_model,
+    unfreeze_top,
+)
 
 
 class RunExistsError(FileExistsError):
@@ -207,13 +213,8 @@ class _Claim:
 
 
 def _compile(model, config: TrainConfig, lr: float, decay_steps: int, jit: bool) -> None:
-    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, decay_steps), alpha=0.01)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=jit,
-    )
+    compile_for_training(model, learning_rate=lr, decay_steps=decay_steps, weight_decay=config.weight_decay,
+                         label_smoothing=config.label_smoothing, jit_compile=jit)
 
 
 def _load_for_resume(run_dir: Path, overrides: TrainConfig, worker: int = 0) -> tuple[TrainConfig, dict]:

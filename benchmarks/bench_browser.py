@@ -12,6 +12,7 @@ for reference. Prints a Markdown table (benchmarks/browser.md records one).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -69,7 +70,7 @@ def main() -> None:
             browser.goto(server.url + query)
             browser.wait_for("window.edgeres && window.edgeres.app.ready", timeout=600)
             runtime = browser.evaluate("window.edgeres.app.runtime")
-            b64 = __import__("base64").b64encode(pixels.tobytes()).decode()
+            b64 = base64.b64encode(pixels.tobytes()).decode()
             timings = browser.evaluate(f"""(async () => {{
                 const px = Uint8Array.from(atob('{b64}'), (c) => c.charCodeAt(0));
                 for (let i = 0; i < 3; i++) await window.edgeres.classify(px);  // warm-up

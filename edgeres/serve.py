@@ -202,7 +202,6 @@ def _variant_rank(variant: str) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgeres-serve"
-    routes: dict[str, tuple[Path | None, bytes | None]] = {}  # set per server
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._respond(head=False)
@@ -258,6 +257,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     ssl_context: ssl.SSLContext | None = None
     verbose = False
+    routes: dict[str, tuple[Path | None, bytes | None]] = {}  # exact URL path -> (file, or bytes to send)
 
     def get_request(self):
         sock, addr = super().get_request()

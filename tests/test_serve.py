@@ -30,6 +30,8 @@ from edgeres.preprocess import decode, to_pixels
 from edgeres.serve import WEB_DIR as WEB
 
 NODE = shutil.which("node")
+# The tiny bundle fixture trains a model (about a minute, shared with the other tests that use it).
+pytestmark = pytest.mark.slow
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 

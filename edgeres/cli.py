@@ -344,7 +344,7 @@ def _short_names(paths: list[str]) -> list[str]:
 @app.command()
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
-    data: Annotated[Path, typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*.")],
+    data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
     split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
@@ -363,6 +363,9 @@ def evaluate(
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
 
+        from edgeres.data import resolve_data_dir
+
+        data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator.value)
         checks = []

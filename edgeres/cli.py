@@ -40,6 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
+                         ("edgeres.clients", "ClientError"),
                          ("edgeres.camera", "CameraError")):
         mod = sys.modules.get(module)  # only modules already imported can have raised
         if mod is not None and hasattr(mod, name):
@@ -377,7 +378,16 @@ def evaluate(
             classes, items = labelled_images(data, split)
             if limit:
                 items = items[:: max(1, len(items) // limit)][:limit]
-            checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes) for m in models]
+            from edgeres.clients import find_mediapipe_python
+
+            if find_mediapipe_python() is None:  # the edgeres numbers still stand: say how, go on
+                from edgeres.clients import MEDIAPIPE_HOWTO
+
+                typer.secho(f"warning: --client mediapipe: no MediaPipe interpreter found. {MEDIAPIPE_HOWTO}.",
+                            fg="yellow", err=True)
+            else:
+                checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
+                          for m in models]
         if report:
             ev.save_report(report)
             if checks:

@@ -154,18 +154,28 @@ def resize_like_mediapipe(rgb: np.ndarray, height: int, width: int) -> np.ndarra
         raise ValueError(f"Output size must be positive. Received: height={height}, width={width}.")
     h, w = rgb.shape[:2]
     X, Y = _fixed_point_coords(w, h, height, width)
-    if (X == X[:1]).all() and (Y == Y[:, :1]).all():
-        X, Y = X[:1], Y[:, :1]  # separable (the usual case): gather rows once, then columns
-    ix, fx = X >> _INTER_BITS, X & (_INTER_TAB_SIZE - 1)
-    iy, fy = Y >> _INTER_BITS, Y & (_INTER_TAB_SIZE - 1)
+    # Separable unless M[6]/M[7] (~1e-18, OpenCV's rounding) flip a tie in some rows/tiles: ~3% of
+    # (w, h, S) with S divisible by 64, never otherwise.
+    separable = bool((X == X[:1]).all() and (Y == Y[:, :1]).all())
+    if separable:
+        X, Y = X[0], Y[:, 0]
+    ix, fx = X >> _INTER_BITS, (X & (_INTER_TAB_SIZE - 1)).astype(np.int32)
+    iy, fy = Y >> _INTER_BITS, (Y & (_INTER_TAB_SIZE - 1)).astype(np.int32)
     x0, x1 = np.clip(ix, 0, w - 1), np.clip(ix + 1, 0, w - 1)   # BORDER_REPLICATE
     y0, y1 = np.clip(iy, 0, h - 1), np.clip(iy + 1, 0, h - 1)
-    fx, fy = fx[..., None].astype(np.int32), fy[..., None].astype(np.int32)
+    if separable:
+        rows0, rows1 = np.take(rgb, y0, axis=0), np.take(rgb, y1, axis=0)      # [height, w, C]
+        p00, p01 = np.take(rows0, x0, axis=1), np.take(rows0, x1, axis=1)    # [height, width, C]
+        p10, p11 = np.take(rows1, x0, axis=1), np.take(rows1, x1, axis=1)
+        fx, fy = fx[None, :, None], fy[:, None, None]
+    else:
+        p00, p01, p10, p11 = rgb[y0, x0], rgb[y0, x1], rgb[y1, x0], rgb[y1, x1]
+        fx, fy = fx[..., None], fy[..., None]
     gx, gy = _INTER_TAB_SIZE - fx, _INTER_TAB_SIZE - fy
-    # Weights 32*(32-fx)(32-fy), ... sum to 2**15; OpenCV's FixedPtCast adds 2**14 and shifts by 15.
+    # Weights 32*(32-fx)(32-fy), ... sum to 2**15 in OpenCV; here without the factor 32.
     # 255 * 32 * 32 fits easily in int32.
-    top = rgb[y0, x0].astype(np.int32) * gx + rgb[y0, x1].astype(np.int32) * fx
-    bottom = rgb[y1, x0].astype(np.int32) * gx + rgb[y1, x1].astype(np.int32) * fx
+    top = p00.astype(np.int32) * gx + p01.astype(np.int32) * fx
+    bottom = p10.astype(np.int32) * gx + p11.astype(np.int32) * fx
     acc = top * gy + bottom * fy
     # acc is in units of 2**-10; OpenCV's integer weights are 32x larger (sum 2**15) and its
     # FixedPtCast rounds with (v + 2**14) >> 15: the same as (acc + 2**9) >> 10.

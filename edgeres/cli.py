@@ -109,10 +109,10 @@ def train(
     image_size: Annotated[int, typer.Option(help="Square input size, a multiple of 32. 224 is ResNet's own; 128 trains ~3x faster on CPU.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across GPUs).")] = 32,
     arch: Annotated[str, typer.Option(help="resnet50 | resnet50v2 | resnet-tiny (a small ResNet for smoke tests).")] = "resnet50",
-    weights: Annotated[str, typer.Option(help="imagenet (Keras download cache) | none (from scratch) | PATH to a Keras *_notop.h5 file.")] = "none",
+    weights: Annotated[str, typer.Option(help="auto: ImageNet weights when Keras's cache has them or they download (one try), else from scratch, said in one line | imagenet (fail if not to be had) | none (from scratch) | PATH to a Keras *_notop.h5 file.")] = "auto",
     learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).")] = 1e-3,
-    freeze_backbone: Annotated[bool, typer.Option(help="Train only the head on a frozen backbone (feature extraction; pair with --weights imagenet).")] = False,
-    fine_tune_epochs: Annotated[int, typer.Option(help="After the frozen phase, epochs with the top ResNet stage unfrozen at 1/10 the learning rate.")] = 0,
+    freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone/--no-freeze-backbone", help="Train only the head on a frozen backbone for --epochs. Default: frozen with pretrained weights, not from scratch.")] = None,
+    fine_tune_epochs: Annotated[Optional[int], typer.Option(min=0, help="After the frozen phase, epochs with the top ResNet stage unfrozen at 1/10 the learning rate. Default: as many as --epochs with pretrained weights, else 0.")] = None,
     max_per_class: Annotated[Optional[int], typer.Option(help="Use at most N train images per class (validation: N/2): quick runs.")] = None,
     precision: Annotated[str, typer.Option(help="auto (mixed_float16 on GPU, float32 on CPU) | mixed | float32.")] = "auto",
     xla: Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA jit_compile (default: on with a GPU, off on CPU).")] = None,
@@ -124,6 +124,8 @@ def train(
 
     Checks every image first (bad files are skipped and listed in RUN/skipped.txt), checkpoints
     every epoch, keeps the best-on-validation model as RUN/model.keras, and plots RUN/curves.png.
+
+    With ImageNet weights (--weights auto finds them in Keras's cache or downloads them) it trains the head on the frozen backbone, then fine-tunes the top stage; without them it trains from scratch. RUN/config.json records which (weights_used).
 
     Example: edgeres train --data ../shared/data/cats_and_dogs_filtered --out runs/cats-dogs --epochs 3 --image-size 128
     """

@@ -33,7 +33,8 @@ class TrainConfig:
     data: str | None = None  # None: $EDGERES_DATA, then the cats_and_dogs_filtered download
     out: str = "runs/cats-dogs"
     arch: str = "resnet50"
-    weights: str = "none"  # imagenet | none | PATH to a Keras notop weights file
+    # auto: ImageNet when Keras's cache has it or it downloads, else none (edgeres.model.resolve_weights)
+    weights: str = "auto"  # auto | imagenet | none | PATH to a Keras notop weights file
     image_size: int = 224
     batch_size: int = 32
     epochs: int = 10
@@ -42,8 +43,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     dropout: float = 0.2
     seed: int = 0
-    freeze_backbone: bool = False
-    fine_tune_epochs: int = 0  # after a frozen-backbone phase: epochs with the top stage unfrozen
+    # None: to suit the weights (train._with_recipe): pretrained -> frozen, then as many epochs of
+    # fine-tuning; from scratch -> neither. A run's config.json holds the values it used.
+    freeze_backbone: bool | None = None
+    fine_tune_epochs: int | None = None  # after a frozen-backbone phase: epochs with the top stage unfrozen
     fine_tune_stages: int = 1
     val_fraction: float = 0.2  # only for a flat ROOT/<class>/ layout
     max_per_class: int | None = None  # subsample each class (validation gets half): quick runs

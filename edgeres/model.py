@@ -7,10 +7,15 @@ resnet-tiny for tests) -> pooled features -> dropout -> softmax``. Layer names f
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+import socket
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-import os
+from typing import Callable
 
 from edgeres._stderr import import_tensorflow_quietly
 
@@ -41,6 +46,100 @@ PREPROCESSING = {
 
 class WeightsError(ValueError):
     """ImageNet weights that cannot be had; the message says what to do instead."""
+
+
+# Keras's published ImageNet backbones without their top, and their MD5s
+# (keras/src/applications/resnet.py): what ``weights="imagenet"`` fetches into Keras's cache.
+IMAGENET_NOTOP = {
+    Arch.RESNET50: ("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "4d473c1dd8becc155b73f8504c6f6626"),
+    Arch.RESNET50V2: ("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "fac2f116257151a9d068a22e544a4917"),
+}
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+# Per socket operation, not for the whole 94 MB: an offline machine fails at once (no DNS), a
+# firewall that drops packets costs this long, a slow but live link still finishes.
+DOWNLOAD_TIMEOUT_S = 15
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a backbone starts from, decided once per run (``resolve_weights``)."""
+
+    used: str  # recorded with the run: "imagenet" | "none" | the PATH of a notop file
+    source: str | None  # what the builder loads: None, "imagenet" (Keras fetches it) or a file
+    note: str = ""  # for the log: where the weights came from ("" for none asked for)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.used != "none"
+
+
+def keras_cache_dir() -> Path:
+    """Keras's download cache as it stands now: ``$KERAS_HOME/models``, else ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = Path.home()
+        home = (base if os.access(base, os.W_OK) else Path("/tmp")) / ".keras"  # Keras's own fallback
+    return Path(home).expanduser() / "models"
+
+
+def resolve_weights(arch: Arch | str, weights: str | Path | None,
+                    *, on_download: Callable[[str], None] | None = None) -> Weights:
+    """Decide what ``weights`` means for ``arch``; ``"auto"`` is ImageNet when it can be had.
+
+    ``auto``: Keras's cached notop file (``keras_cache_dir()``), else one download attempt
+    (``on_download`` is called with a line fragment first; the returned ``note`` completes it),
+    else none. resnet-tiny has no ImageNet weights: auto is none there, without a note.
+    ``imagenet``, ``none`` and a PATH mean just that; bad ones raise :class:`WeightsError`.
+    """
+    arch = Arch(arch)
+    if str(weights).lower() != "auto":
+        source = _resolve_weights(arch, weights)
+        used = "none" if source is None else source
+        return Weights(used, source, {"none": "", "imagenet": "ImageNet (Keras's download cache)"}.get(used, used))
+    if arch not in IMAGENET_NOTOP:
+        return Weights("none", None)
+    fname, md5 = IMAGENET_NOTOP[arch]
+    cache = keras_cache_dir()
+    cached = cache / fname
+    if cached.is_file():
+        if _md5(cached) == md5:
+            return Weights("imagenet", str(cached), f"ImageNet (Keras cache: {cached})")
+        return Weights(str(cached), str(cached),
+                       f"{cached} (in the Keras cache, but not Keras's published ImageNet file: its MD5 "
+                       f"differs; used as given)")
+    if on_download:
+        on_download(f"{arch.value}'s ImageNet file is not in the Keras cache ({cache}); downloading it (94 MB) ... ")
+    try:
+        path = _download(fname, md5, cache)
+    except Exception as e:  # offline, DNS, timeout, HTTP error, bad hash: all mean "not now"
+        cached.unlink(missing_ok=True)  # Keras keeps a download whose MD5 is wrong; it was not there before
+        # Keras's message: "URL fetch failure on URL: code -- reason"; the reason is what matters.
+        reason = str(e).split(" -- ")[-1] or type(e).__name__
+        why = f"this machine looks offline ({reason})" if str(e).startswith("URL fetch failure") else reason
+        return Weights("none", None,
+                       f"failed, {why}: training from scratch. To use ImageNet weights offline, copy {fname} "
+                       f"into {cache} (or pass --weights none to skip the attempt).")
+    return Weights("imagenet", str(path), "done")
+
+
+def _download(fname: str, md5: str, cache: Path) -> str:
+    """One try of Keras's own download (its cache, its MD5 check), its progress bar muted."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return keras.utils.get_file(fname, IMAGENET_URL + fname, cache_dir=str(cache.parent),
+                                        cache_subdir=cache.name, file_hash=md5)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @keras.saving.register_keras_serializable(package="edgeres")
@@ -85,14 +184,15 @@ def build_classifier(
     """A classifier on ``[B, S, S, 3]`` RGB pixel values in 0..255 (float32 or uint8).
 
     ``weights``: ``"imagenet"`` (Keras's download cache), a local Keras weights file for the
-    backbone without its top (``*_notop.h5``), or ``None``/``"none"`` for random init.
+    backbone without its top (``*_notop.h5``), ``None``/``"none"`` for random init, or
+    ``"auto"`` (see :func:`resolve_weights`; ``edgeres.train`` resolves it once and says how).
     """
     arch = Arch(arch)
     if image_size < 32 or image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32, at least 32. Received: image_size={image_size}")
     if num_classes < 2:
         raise ValueError(f"A classifier needs at least 2 classes. Received: num_classes={num_classes}")
-    weights = _resolve_weights(arch, weights)
+    weights = resolve_weights(arch, weights).source
 
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = PixelNormalization(**PREPROCESSING[arch], name="normalize")(inputs)
@@ -136,11 +236,6 @@ def unfreeze_top(model: keras.Model, stages: int = 1) -> None:
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
-
-
-def check_weights(arch: Arch | str, weights: str | Path | None) -> None:
-    """Raise :class:`WeightsError` now for weights that cannot be used (before a long data scan)."""
-    _resolve_weights(Arch(arch), weights)
 
 
 def _resolve_weights(arch: Arch, weights) -> str | None:

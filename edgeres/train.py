@@ -45,10 +45,11 @@ from edgeres.config import (  # noqa: E402
     write_json_atomic,
 )
 from edgeres.model import (  # noqa: E402
+    Weights,
     build_classifier,
-    check_weights,
     compile_for_training,
     load_model,
+    resolve_weights,
     unfreeze_top,
 )
 
@@ -64,6 +65,7 @@ class TrainResult:
     best_val_accuracy: float
     history: list[dict] = field(repr=False)
     device: str = ""
+    weights_used: str = "none"  # "imagenet" | "none" | PATH (also in config.json)
 
     @property
     def model_path(self) -> Path:
@@ -72,6 +74,12 @@ class TrainResult:
 
 def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: int = 1) -> TrainResult:
     """Train (or resume) the run ``config.out``; returns when every epoch is done.
+
+    ``config.weights="auto"`` (the default) starts from ImageNet weights when Keras's cache has
+    them or one download gets them, with the recipe that suits them (``freeze_backbone`` and
+    ``fine_tune_epochs`` left at None: backbone frozen for ``epochs``, then its top stage
+    fine-tuned for as many); else from scratch, saying why in one line. The run's config.json
+    records the choice as ``weights_used``.
 
     A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``. A start
     that fails before its first epoch is saved (bad weights, bad data, Ctrl-C) removes what it
@@ -90,8 +98,6 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
         config, state = _load_for_resume(run_dir, config, worker)
     elif chief:
         _check_out_is_free(run_dir, verbose)
-    if state["epoch"] == 0:
-        check_weights(config.arch, config.weights)
     keras.utils.set_random_seed(config.seed)
     mixed = _use_mixed_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
@@ -103,6 +109,11 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
         f"{'mixed_float16' if mixed else 'float32'}; XLA {'on' if jit else 'off'}"
         + ("." if chief else f"; worker {worker} (not the chief: writes nothing to {run_dir})."),
     )
+    if state["epoch"] == 0:  # decided before the data scan: bad weights fail in seconds, not minutes
+        config, weights = _choose_weights(config, verbose)
+        weights_used = weights.used
+    else:
+        weights, weights_used = None, _recorded_weights(run_dir, config)
 
     root = data_lib.resolve_data_dir(config.data)
     dataset = data_lib.scan(root, val_fraction=config.val_fraction, seed=config.seed,
@@ -137,12 +148,12 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
                 _say(verbose, f"Resuming {run_dir} after epoch {state['epoch']} of {total_epochs}.")
             else:
                 model = build_classifier(config.arch, len(dataset.classes), config.image_size,
-                                         weights=config.weights, dropout=config.dropout,
+                                         weights=weights.source, dropout=config.dropout,
                                          freeze_backbone=config.freeze_backbone)
                 _compile(model, config, config.learning_rate, config.epochs * steps, jit)
             # Only now, with data and model in hand, does the run directory get its files.
             work_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_files(work_dir, config, dataset, root, device, mixed, jit)
+            _write_run_files(work_dir, config, dataset, root, device, mixed, jit, weights_used)
             if state["epoch"] < config.epochs:
                 model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                           initial_epoch=state["epoch"], callbacks=cbs, verbose=fit_verbose, shuffle=False)
@@ -165,7 +176,55 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
-    return TrainResult(run_dir, state["epoch"], state["best_val_accuracy"], state["history"], device)
+    return TrainResult(run_dir, state["epoch"], state["best_val_accuracy"], state["history"], device,
+                       weights_used)
+
+
+def _choose_weights(config: TrainConfig, verbose: int) -> tuple[TrainConfig, Weights]:
+    """Resolve ``config.weights``, fill in the recipe that suits them, and say so in one line."""
+    downloading = []
+
+    def on_download(text: str) -> None:  # the line is finished once the download is over
+        downloading.append(text)
+        _say(verbose, "Weights: " + text, end="")
+
+    weights = resolve_weights(config.arch, config.weights, on_download=on_download)
+    config = _with_recipe(config, weights)
+    text = f"{weights.note}; {_recipe(config)}." if weights.pretrained else weights.note
+    if text or downloading:
+        _say(verbose, text if downloading else "Weights: " + text)
+    return config, weights
+
+
+def _with_recipe(config: TrainConfig, weights: Weights) -> TrainConfig:
+    """Fill in what the user left open (None) to suit the weights.
+
+    Pretrained weights: backbone frozen for ``epochs`` (the head learns on ImageNet features
+    without wrecking them), then its top stage fine-tuned at 1/10 the learning rate for as many
+    epochs: keras-io's transfer-learning recipe. From scratch: the whole network from the start.
+    """
+    freeze = weights.pretrained if config.freeze_backbone is None else config.freeze_backbone
+    fine_tune = config.fine_tune_epochs
+    if fine_tune is None:
+        fine_tune = config.epochs if freeze and weights.pretrained else 0
+    return config.replace(freeze_backbone=freeze, fine_tune_epochs=fine_tune)
+
+
+def _recipe(config: TrainConfig) -> str:
+    if not config.freeze_backbone:
+        return f"the whole network trained for {config.epochs} epochs"
+    text = f"backbone frozen for {config.epochs} epochs"
+    if config.fine_tune_epochs:
+        stages = ", ".join(f"conv{5 - i}" for i in reversed(range(config.fine_tune_stages)))
+        text += f", then {stages} fine-tuned for {config.fine_tune_epochs} epochs at 1/10 the learning rate"
+    return text
+
+
+def _recorded_weights(run_dir: Path, config: TrainConfig) -> str:
+    """What a resumed run started from (runs from before ``weights_used``: their ``weights``)."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("weights_used", config.weights)
 
 
 # What a start writes before its first epoch is saved; a folder holding only these (and no
@@ -317,7 +376,7 @@ def _warn_if_gpu_unused(verbose: int) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _write_run_files(run_dir, config, dataset, root, device, mixed, jit) -> None:
+def _write_run_files(run_dir, config, dataset, root, device, mixed, jit, weights_used) -> None:
     write_bytes_atomic(run_dir / "labels.txt", "".join(c + "\n" for c in dataset.classes).encode())
     data_lib.write_skipped(dataset, run_dir / "skipped.txt")
     counts = {s.name: dict(zip(dataset.classes, np.bincount(s.labels, minlength=len(dataset.classes)).tolist()))
@@ -328,7 +387,8 @@ def _write_run_files(run_dir, config, dataset, root, device, mixed, jit) -> None
         "skipped": len(dataset.skipped),
     })
     write_json_atomic(run_dir / "config.json", {
-        "train": config, "labels": dataset.classes, "data_root": str(Path(root).resolve()),
+        "train": config, "weights_used": weights_used, "labels": dataset.classes,
+        "data_root": str(Path(root).resolve()),
         "dataset_sha256": {"train": dataset.train.digest, "validation": dataset.validation.digest},
         "device": device, "mixed_precision": mixed, "jit_compile": jit, "versions": versions(),
     })
@@ -411,9 +471,9 @@ def plot_history(history: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def _say(verbose: int, message: str) -> None:
+def _say(verbose: int, message: str, end: str = "\n") -> None:
     if verbose:
-        print(message, flush=True)
+        print(message, end=end, flush=True)
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "plot_history", "to_jsonable"]

@@ -22,8 +22,10 @@ from OpenCV's own inverse matrix, which we rebuild with the same floating-point 
 that only matters when ``32 * x * w / W`` falls exactly on a half (possible only when W or H is
 divisible by 64), where cvRound's tie then goes whichever way OpenCV's rounding errors send it.
 
-Note: ``cv2.warpPerspective`` from the opencv-python wheels (5.x, built with the float32
-"warp_kernels" and Intel IPP) does *not* reproduce MediaPipe: it differs by 1 on a few pixels.
+Measured identical to MediaPipe 1.2.3 (pip, Python) and @mediapipe/tasks-vision 1.1.0 (wasm, CPU)
+on real photos and on tie-prone sizes; see benchmarks/client_pixels.md. Note: ``cv2.warpPerspective``
+from the opencv-python 5.x wheels (float32 "warp_kernels", Intel IPP) does *not* reproduce
+MediaPipe: up to 4 levels off on ~6% of values.
 
 Run as a script to compare with OpenCV and Pillow on real photos::
 
@@ -50,8 +52,9 @@ def _f32(v: float) -> float:
 def _inverse_warp_matrix(w: int, h: int, out_w: int, out_h: int) -> tuple[float, ...]:
     """The 3x3 destination->source matrix OpenCV's warpPerspective uses, bit for bit.
 
-    Replays ``cv::boxPoints`` (float), ``cv::getPerspectiveTransform`` (8x8 ``hal::LU64f``, partial pivoting) and
-    ``cv::invert(DECOMP_LU)`` (3x3 cofactors) with the same double operations, so ties in
+    Replays ``cv::boxPoints`` (float), ``cv::getPerspectiveTransform`` (8x8 ``hal::LU64f``,
+    partial pivoting) and ``cv::invert(DECOMP_LU)`` (3x3 cofactors) with the same double
+    operations, so ties in
     ``cvRound`` break the way MediaPipe's do. Mathematically it is diag(w/W, h/H, 1).
     """
     src = [(0.0, float(h)), (0.0, 0.0), (float(w), 0.0), (float(w), float(h))]  # boxPoints, exact

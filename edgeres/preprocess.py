@@ -133,7 +133,7 @@ def resize_bilinear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """:attr:`Resize.BILINEAR`: MediaPipe Tasks' CPU resize (OpenCV's fixed-point warp), in numpy.
 
     Output pixel ``(x, y)`` samples source position ``(x * w / width, y * h / height)``, rounded
-    to 1/32 pixel; the four neighbours are weighted ``32 * (32-fx)(32-fy)`` etc. (sum 2**15) and the
+    to 1/32 pixel (halves up); the four neighbours are weighted ``32 * (32-fx)(32-fy)`` etc. (sum 2**15) and the
     sum rounded half up; indices past the last row/column repeat it.
     """
     h, w = rgb.shape[:2]
@@ -149,7 +149,10 @@ def resize_bilinear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _sample_axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pos = np.rint(np.arange(n_out, dtype=np.float64) * (n_in / n_out) * 32).astype(np.int64)
+    # 32 * x * n_in / n_out rounded half up, in exact integers: X = floor((64 x n_in + n_out) / (2 n_out)).
+    # MediaPipe computes the same in doubles; the two can differ only where the position is exactly a
+    # half 1/32 step, which needs n_out divisible by 64, and there by one 1/32 step.
+    pos = (64 * np.arange(n_out, dtype=np.int64) * n_in + n_out) // (2 * n_out)
     i0, frac = pos >> 5, (pos & 31).astype(np.int32)
     return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), frac
 

@@ -49,12 +49,12 @@ def load_pixels(path: str, width: int, height: int) -> np.ndarray:
 def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """The whole image stretched to the input size (no crop) by edgeres's resize rule, which is
     MediaPipe Tasks' own: output pixel (x, y) samples source position (x * w / width, y * h / height)
-    (corners aligned, no half-pixel offset), rounded to 1/32 pixel; the four neighbours get integer
+    (corners aligned, no half-pixel offset), rounded to 1/32 pixel (halves up); the four neighbours get integer
     weights (32 - fx) * (32 - fy) ... that sum to 1024; the sum is rounded half up; edges repeat."""
     h, w = rgb.shape[:2]
 
     def axis(n_out: int, n_in: int):
-        pos = np.rint(np.arange(n_out) * (n_in / n_out) * 32).astype(np.int64)
+        pos = (64 * np.arange(n_out, dtype=np.int64) * n_in + n_out) // (2 * n_out)  # 32 * x * n_in / n_out, halves up
         i0 = pos >> 5
         return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), (pos & 31).astype(np.int32)
 

@@ -25,19 +25,25 @@ def _spread(items, n):
 @needs_mediapipe
 @pytest.mark.slow
 def test_mediapipe_given_the_decoded_image_gives_edgeres_scores_exactly(tiny_bundle, photos_root):
-    """Same decoded image in, same resize inside: MediaPipe's int8 scores are edgeres's, bit for bit."""
+    """Same decoded image in, same resize inside: MediaPipe's int8 scores are edgeres's, bit for bit.
+
+    The rule rounds sample positions to 1/32 pixel, halves up; MediaPipe decides exact halves by its
+    floating-point matrix. At this model's 64 px a half arises only from an odd source side, so photos
+    with even sides must match exactly and the others within a 1/32-pixel nudge of a few samples."""
     clf = Classifier(tiny_bundle / "model_int8.tflite", accelerator="cpu")
-    assert clf.resize.value == "bilinear"
+    assert clf.resize.value == "bilinear" and clf.input_size == (64, 64)
     classes, items = labelled_images(photos_root)
     paths = [p for p, _ in _spread(items, 60)]
-    images = [np.asarray(decode(p)) for p in paths]
-    ours = [clf.predict(img).probabilities for img in images]
-    theirs = []
-    for path, img in zip(paths, images):  # full-size images differ in shape: one call each
-        [scores] = mediapipe_scores(clf.path, [path], pixels=img[None])
-        theirs.append(scores)
-    diff = np.abs(np.array(ours) - np.array(theirs))
-    assert diff.max() < 1e-6, diff.max()
+    exact, nudged = [], []
+    for path in paths:
+        img = np.asarray(decode(path))
+        ours = clf.predict(img).probabilities
+        [theirs] = mediapipe_scores(clf.path, [path], pixels=img[None])  # sizes differ: one call each
+        even = img.shape[0] % 2 == 0 and img.shape[1] % 2 == 0
+        (exact if even else nudged).append(float(np.abs(ours - theirs).max()))
+    assert len(exact) >= 20, len(exact)
+    assert max(exact) < 1e-6, exact
+    assert max(nudged, default=0) <= 0.02, nudged
 
 
 @needs_mediapipe

@@ -7,7 +7,7 @@
 // Two rules, named as in edgeres.preprocess.Resize and recorded in a bundle's edgeres.json:
 //
 // - "bilinear" (the default): MediaPipe Tasks' CPU resize. Output pixel x samples source
-//   position x * w / W (corner-aligned), rounded half-to-even to 1/32 pixel; the four neighbours
+//   position x * w / W (corner-aligned), rounded to 1/32 pixel, halves up; the four neighbours
 //   get integer weights (32 - fx)(32 - fy) ... and the sum is rounded half up; indices past the
 //   last row or column repeat it. No antialiasing.
 // - "antialias" (edgeres 0.1 bundles): Pillow's Image.resize(..., BILINEAR). Its fixed-point
@@ -59,19 +59,10 @@ export function toPixels(data, width, height, outW, outH, { channels = 4, resize
 
 // -- "bilinear": corner-aligned, 1/32-pixel fixed point ------------------------------------------
 
-function roundHalfEven(v) {
-  const f = Math.floor(v);
-  const d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
 function sampleAxis(nOut, nIn) {
   const i0 = new Int32Array(nOut), i1 = new Int32Array(nOut), frac = new Int32Array(nOut);
-  const step = nIn / nOut;
   for (let x = 0; x < nOut; x++) {
-    const pos = roundHalfEven(x * step * 32); // numpy: arange * (n_in / n_out) * 32, then rint
+    const pos = Math.floor((64 * x * nIn + nOut) / (2 * nOut)); // 32 * x * nIn / nOut, halves up (exact integers)
     const i = Math.floor(pos / 32);
     frac[x] = pos - i * 32;
     i0[x] = Math.min(Math.max(i, 0), nIn - 1);

@@ -48,7 +48,7 @@ class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseab
          * instead of going through MediaPipe: RGB bytes `[outH, outW, 3]` made by edgeres's resize
          * rule (MediaPipe's own). Do not use `Bitmap.createScaledBitmap`: its filtering is not this.
          * Output pixel (x, y) samples source (x * w / outW, y * h / outH), corners aligned, rounded
-         * to 1/32 pixel; integer weights (32 - fx) * (32 - fy) ... summing to 1024, rounded half up.
+         * to 1/32 pixel (halves up); integer weights (32 - fx) * (32 - fy) ... summing to 1024, rounded half up.
          */
         fun edgeresPixels(bitmap: Bitmap, outW: Int, outH: Int): ByteArray {
             val w = bitmap.width
@@ -58,7 +58,7 @@ class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseab
             fun axis(nOut: Int, nIn: Int): Triple<IntArray, IntArray, IntArray> {
                 val i0 = IntArray(nOut); val i1 = IntArray(nOut); val f = IntArray(nOut)
                 for (i in 0 until nOut) {
-                    val pos = Math.rint(i.toDouble() * (nIn.toDouble() / nOut) * 32).toInt()  // half to even
+                    val pos = ((64L * i * nIn + nOut) / (2L * nOut)).toInt()  // 32 * i * nIn / nOut, halves up
                     i0[i] = minOf(pos shr 5, nIn - 1); i1[i] = minOf((pos shr 5) + 1, nIn - 1); f[i] = pos and 31
                 }
                 return Triple(i0, i1, f)

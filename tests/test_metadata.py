@@ -268,3 +268,136 @@ def test_check_model_bytes_finds_a_damaged_associated_file(models):
     with pytest.raises(md.CorruptModelError, match="missing or cut"):
         md.check_model_bytes(bytes(blob))
 
+
+
+# -- an independent reader: bindings flatc generated from metadata_schema.fbs (issue 15) ---------
+
+
+def _generated_schema():
+    """tests/metadata_schema/metadata_schema_generated.py (see the README there)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("metadata_schema") / "metadata_schema_generated.py"
+    spec = importlib.util.spec_from_file_location("metadata_schema_generated", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _union(table, value):
+    """A union member read as ``table`` (the generated reader hands out bare tables)."""
+    obj = table()
+    obj.Init(value.Bytes, value.Pos)
+    return obj
+
+
+def _independent_read(blob: bytes) -> dict:
+    """Everything edgeres writes, read with LiteRT's generated Model reader and flatc's generated
+    ModelMetadata reader: no slot number from edgeres involved."""
+    fb = _generated_schema()
+    model = tfl.Model.GetRootAs(blob, 0)
+    entry = next(model.Metadata(i) for i in range(model.MetadataLength())
+                 if model.Metadata(i).Name() == b"TFLITE_METADATA")
+    data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    assert fb.ModelMetadata.ModelMetadataBufferHasIdentifier(data, 0)
+    md = fb.ModelMetadata.GetRootAs(data, 0)
+
+    def files(table):
+        return [(f.Name().decode(), f.Type()) for f in (table.AssociatedFiles(i) for i in range(table.AssociatedFilesLength()))]
+
+    def stats(tensor):
+        s = tensor.Stats()
+        return None if s is None else (s.MinAsNumpy().tolist(), s.MaxAsNumpy().tolist())
+
+    assert md.SubgraphMetadataLength() == 1
+    sg = md.SubgraphMetadata(0)
+    assert sg.InputTensorMetadataLength() == sg.OutputTensorMetadataLength() == 1
+    inp, out = sg.InputTensorMetadata(0), sg.OutputTensorMetadata(0)
+    image = _union(fb.ImageProperties, inp.Content().ContentProperties())
+    assert inp.ProcessUnitsLength() == 1
+    unit = inp.ProcessUnits(0)
+    norm = _union(fb.NormalizationOptions, unit.Options())
+    return {
+        "name": md.Name(), "description": md.Description(), "version": md.Version(), "author": md.Author(),
+        "license": md.License(), "min_parser_version": md.MinParserVersion(), "model_files": files(md),
+        "subgraph": (sg.Name(), sg.Description(), files(sg)),
+        "input": (inp.Name(), inp.Description(), inp.DimensionNamesLength()),
+        "input_content": (inp.Content().ContentPropertiesType(), image.ColorSpace(),
+                          image.DefaultSize().Width(), image.DefaultSize().Height()),
+        "normalization": (unit.OptionsType(), norm.MeanAsNumpy().tolist(), norm.StdAsNumpy().tolist()),
+        "input_stats": stats(inp), "input_files": files(inp),
+        "output": (out.Name(), out.Description(), out.ProcessUnitsLength()),
+        "output_content": out.Content().ContentPropertiesType(),
+        "output_stats": stats(out), "output_files": files(out),
+    }
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_independent_reader_sees_every_field(models, kind):
+    """What edgeres writes, as the schema's own generated reader sees it (a slot number wrong in
+    edgeres/metadata/schema.py fails here, though edgeres would read its own mistake back)."""
+    fb = _generated_schema()
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    got = _independent_read(_embed(models[kind], mean=mean, std=std, extra_json="{}"))
+    f32 = lambda values: np.float32(values).tolist()  # noqa: E731 -- stored as float32
+    if kind == "int8":
+        input_stats, output_stats = ([0.0], [255.0]), ([0.0], [255.0])
+    else:
+        input_stats = (f32([-m / s for m, s in zip(mean, std)]), f32([(255 - m) / s for m, s in zip(mean, std)]))
+        output_stats = ([0.0], [1.0])
+    assert got == {
+        "name": b"tiny", "description": b"tiny cats vs dogs", "version": b"1.2.3", "author": b"edgeres",
+        "license": None, "min_parser_version": b"1.0.0",
+        "model_files": [("edgeres.json", fb.AssociatedFileType.DESCRIPTIONS)],
+        "subgraph": (None, None, []),
+        "input": (b"image", b"Input image to be classified.", 0),
+        "input_content": (fb.ContentProperties.ImageProperties, fb.ColorSpaceType.RGB, SIZE, SIZE),
+        "normalization": (fb.ProcessUnitOptions.NormalizationOptions, f32(mean), f32(std)),
+        "input_stats": input_stats, "input_files": [],
+        "output": (b"score", b"Score of the labels respectively.", 0),
+        "output_content": fb.ContentProperties.FeatureProperties,
+        "output_stats": output_stats,
+        "output_files": [("labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS)],
+    }
+
+
+def test_independent_reader_catches_a_wrong_slot(models, monkeypatch):
+    """The check above can fail: swap two slots in edgeres's schema and edgeres still reads its
+    own metadata back unchanged, while the generated reader sees the fields crossed."""
+    from edgeres.metadata import schema
+
+    monkeypatch.setattr(schema.Stats, "MAX", 1)
+    monkeypatch.setattr(schema.Stats, "MIN", 0)
+    monkeypatch.setattr(schema.ImageSize, "WIDTH", 1)
+    monkeypatch.setattr(schema.ImageSize, "HEIGHT", 0)
+    monkeypatch.setattr(schema.TensorMetadata, "NAME", 1)
+    monkeypatch.setattr(schema.TensorMetadata, "DESCRIPTION", 0)
+    blob = _embed(models["int8"], input_size=SIZE)
+    assert read_metadata(blob)["input_tensor"] == "image"  # the round trip cannot tell
+    got = _independent_read(blob)
+    assert got["input"][0] == b"Input image to be classified."
+    assert got["output_stats"] == ([255.0], [0.0])
+
+
+def test_tflite_reader_agrees_with_litert_generated_reader(models):
+    """edgeres.tflite reads a model's buffers and metadata entries with field slots it names
+    itself (it must work without LiteRT's bindings); LiteRT's generated reader must agree."""
+    from edgeres import tflite
+    from flatbuffers.number_types import Uint64Flags
+
+    assert {t.name: t.value for t in tflite.TensorType} == {t.name: getattr(tfl.TensorType, t.name) for t in tflite.TensorType}
+    blob = _embed(models["int8"], extra_json="{}")
+    model, raw = tfl.Model.GetRootAs(blob, 0), tflite.model_table(blob)
+    buffers = tflite.tables(raw, tflite.MODEL_BUFFERS)
+    assert len(buffers) == model.BuffersLength() >= 4
+    for i, buffer in enumerate(buffers):
+        span = tflite.byte_span(buffer, tflite.BUFFER_DATA)
+        expected = model.Buffers(i).DataAsNumpy()
+        assert (blob[span[0]:sum(span)] if span else b"") == (expected.tobytes() if model.Buffers(i).DataLength() else b"")
+        assert tflite.scalar(buffer, tflite.BUFFER_OFFSET, Uint64Flags) == model.Buffers(i).Offset()
+        assert tflite.scalar(buffer, tflite.BUFFER_SIZE, Uint64Flags) == model.Buffers(i).Size()
+    entries = tflite.tables(raw, tflite.MODEL_METADATA)
+    assert [tflite.string(e, tflite.METADATA_NAME) for e in entries] == \
+        [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+    assert tflite.metadata_buffer(blob, "TFLITE_METADATA")[4:8] == b"M001"
+    assert tflite.buffer_overrun(blob) is None and tflite.tensor_names(blob)

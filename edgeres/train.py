@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from edgeres import data as data_lib  # noqa: E402
+from edgeres import pipeline  # noqa: E402
 from edgeres.config import (  # noqa: E402
     Precision,
     StrategyKind,
@@ -129,8 +130,8 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
 
     kw = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
               num_classes=len(dataset.classes), resize=config.resize)
-    train_ds = _shard_by_data(data_lib.make_dataset(dataset.train, training=True, **kw))
-    val_ds = _shard_by_data(data_lib.make_dataset(dataset.validation, training=False, **kw))
+    train_ds = _shard_by_data(pipeline.make_dataset(dataset.train, training=True, **kw))
+    val_ds = _shard_by_data(pipeline.make_dataset(dataset.validation, training=False, **kw))
     steps = len(dataset.train.samples) // config.batch_size
     total_epochs = config.epochs + (config.fine_tune_epochs if config.freeze_backbone else 0)
 
@@ -212,12 +213,16 @@ def _with_recipe(config: TrainConfig, weights: Weights) -> TrainConfig:
 
 def _recipe(config: TrainConfig) -> str:
     if not config.freeze_backbone:
-        return f"the whole network trained for {config.epochs} epochs"
-    text = f"backbone frozen for {config.epochs} epochs"
+        return f"the whole network trained for {_epochs(config.epochs)}"
+    text = f"backbone frozen for {_epochs(config.epochs)}"
     if config.fine_tune_epochs:
         stages = ", ".join(f"conv{5 - i}" for i in reversed(range(config.fine_tune_stages)))
-        text += f", then {stages} fine-tuned for {config.fine_tune_epochs} epochs at 1/10 the learning rate"
+        text += f", then {stages} fine-tuned for {_epochs(config.fine_tune_epochs)} at 1/10 the learning rate"
     return text
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _recorded_weights(run_dir: Path, config: TrainConfig) -> str:

@@ -69,6 +69,9 @@ def test_few_steps_lower_the_loss(small_dataset, tmp_path):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["labels"] == ["cats", "dogs"] and config["train"]["arch"] == "resnet-tiny"
+    # --weights auto (the default) on resnet-tiny, which has no ImageNet weights: from scratch, recorded.
+    assert config["train"]["weights"] == "auto" and config["weights_used"] == "none" and result.weights_used == "none"
+    assert config["train"]["freeze_backbone"] is False and config["train"]["fine_tune_epochs"] == 0
     assert len(config["dataset_sha256"]["train"]) == 64 and config["mixed_precision"] is False
     assert (run / "labels.txt").read_text() == "cats\ndogs\n"
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 4
@@ -203,9 +206,10 @@ def test_cli_failed_start_then_same_command_and_one_line_per_epoch(small_dataset
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert "ImageNet weights" in failed.stderr and "Traceback" not in failed.stderr
     assert not run.exists()
-    ok = subprocess.run([*base, "--arch", "resnet-tiny", "--weights", "none", "--epochs", "2"],
+    ok = subprocess.run([*base, "--arch", "resnet-tiny", "--epochs", "2"],  # --weights auto: none, silently
                         capture_output=True, text=True, timeout=300, env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Weights" not in ok.stdout and json.loads((run / "config.json").read_text())["weights_used"] == "none"
     assert "\r" not in ok.stdout and "━" not in ok.stdout
     epochs = [ln for ln in ok.stdout.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(":")[0] for ln in epochs] == ["epoch 1/2", "epoch 2/2"], ok.stdout

@@ -46,6 +46,7 @@ def main() -> None:
     import tensorflow as tf
 
     from edgeres import data as data_lib
+    from edgeres.pipeline import make_dataset
     from edgeres.config import Precision, StrategyKind, TrainConfig
     from edgeres.model import build_classifier
     from edgeres.train import _compile, _strategy, _use_mixed_precision
@@ -61,7 +62,7 @@ def main() -> None:
     for size in args.sizes:
         batch = args.batch_size * strategy.num_replicas_in_sync
         config = TrainConfig(arch=args.arch, image_size=size, batch_size=batch)
-        pipeline = data_lib.make_dataset(dataset.train, image_size=size, batch_size=batch, training=True,
+        pipeline = make_dataset(dataset.train, image_size=size, batch_size=batch, training=True,
                                          seed=0, num_classes=len(dataset.classes))
         # Fill the decode cache first: epoch 1 decodes JPEGs once, every later epoch reads memory.
         cache_t0 = time.perf_counter()

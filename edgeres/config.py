@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgeres.files import write_bytes_atomic  # noqa: F401 -- re-exported: callers import it from here
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
 
 
@@ -99,18 +100,6 @@ def from_dict(cls, data: dict[str, Any]):
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to ``path.tmp`` then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def versions() -> dict[str, str]:

@@ -30,7 +30,9 @@ from typing import Protocol
 import numpy as np
 
 from edgeres._stderr import captured_stderr as _captured_stderr
+from edgeres.files import atomic_path
 from edgeres.preprocess import ImageInput, Resize, resize_of, to_pixels
+from edgeres.tflite import is_tflite
 
 BUNDLE_JSON = "edgeres.json"
 # A bundle's models, best first for a device: what Classifier(bundle) loads when not told.
@@ -216,11 +218,8 @@ def write_probes(path: str | Path, pixels: np.ndarray) -> None:
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"probes must be uint8 [N, H, W, 3]. Received: {pixels.dtype} {list(pixels.shape)}.")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, pixels=pixels)
-    os.replace(tmp, path)
 
 
 def load_probes(bundle_dir: str | Path, size: tuple[int, int]) -> np.ndarray | None:
@@ -710,7 +709,7 @@ def _read_model_bytes(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror or e}).") from e
-    if len(data) < 8 or data[4:8] != b"TFL3":
+    if not is_tflite(data):
         raise ModelError(f"{path}: not a .tflite model (no TFL3 flatbuffer header). "
                          f"Export one with: edgeres export RUN_DIR --int8")
     return data

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from edgeres import data as data_lib
+from edgeres import pipeline
 from edgeres.preprocess import ImageError, Resize, decode, load_pixels, to_pixels
 
 
@@ -174,7 +175,7 @@ def test_pipeline_shapes_dtypes_range_and_determinism(small_dataset):
     ds = data_lib.scan(small_dataset, progress=False)
 
     def first_batch(training: bool, seed: int):
-        pipe = data_lib.make_dataset(ds.train if training else ds.validation, image_size=32, batch_size=8,
+        pipe = pipeline.make_dataset(ds.train if training else ds.validation, image_size=32, batch_size=8,
                                      training=training, seed=seed, num_classes=2)
         x, y = next(iter(pipe))
         return x.numpy(), y.numpy()

@@ -249,13 +249,13 @@ def export_cmd(
 
 
 def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
-    from edgeres.preprocess import is_image_file
+    from edgeres.files import image_files
 
     files, missing = [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if is_image_file(f))
+            found = image_files(path)
             if not found:
                 missing.append(f"{p}: folder has no images (JPEG, PNG, BMP, GIF, WebP, TIFF)")
             files += found
@@ -278,7 +278,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K best classes.")] = 1,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
-    accelerator: AcceleratorOpt = "auto",
+    accelerator: AcceleratorOpt = Accelerator.AUTO,
     delegate: DelegateOpt = None,
     strict: StrictOpt = False,
 ):
@@ -370,7 +370,7 @@ def evaluate(
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
-                      accelerator=accelerator.value)
+                      accelerator=accelerator)
         checks = []
         if client is Client.MEDIAPIPE:
             from edgeres.clients import check_mediapipe
@@ -478,7 +478,7 @@ def camera(
     smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, callback=_finite, help="Average probabilities over frames, 0..0.99 (default 0.6 live, 0 for files), so the label does not flicker.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N processed frames.")] = None,
     snapshot_dir: Annotated[Path, typer.Option(help="Where the s key saves snapshots.")] = Path("."),
-    accelerator: AcceleratorOpt = "auto",
+    accelerator: AcceleratorOpt = Accelerator.AUTO,
     threads: ThreadsOpt = None,
 ):
     """Live cat/dog (or any) classification from a camera, video, stream or folder of images.
@@ -513,6 +513,9 @@ def doctor(
     json_out: JsonOpt = False,
     need: Annotated[Optional[list[str]], typer.Option("--need", help="What your next command needs: train | gpu | camera | mediapipe (repeatable). Missing, it is a problem (exit 1); otherwise a note.")] = None,
     cameras: Annotated[int, typer.Option(min=0, max=16, help="Try camera indices 0..N-1 (each in its own process, a few seconds' timeout).")] = 4,
+    model: Annotated[Optional[Path], typer.Option("--model", exists=True, help="Also load this .tflite or bundle on the accelerator (--accelerator, default gpu) and report its self-check against the CPU: the gap, and whether the accelerator is used.")] = None,
+    accelerator: AcceleratorOpt = Accelerator.GPU,
+    delegate: DelegateOpt = None,
 ):
     """What this machine can do: Python and packages, TensorFlow's devices (and whether training
     uses mixed precision and XLA), LiteRT's CPU and GPU accelerators, OpenCV's video and GUI
@@ -529,6 +532,11 @@ def doctor(
     if bad:
         raise typer.BadParameter(f"{', '.join(bad)}: choose from {', '.join(NEEDS)}.", param_hint="--need")
     report = diagnose(need=wanted, cameras=range(cameras))
+    if model is not None:
+        with _friendly_errors():
+            from edgeres.runtime import check_accelerator
+
+            report["model_check"] = check_accelerator(model, accelerator=accelerator, delegate=delegate)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

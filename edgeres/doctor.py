@@ -414,6 +414,13 @@ def format_report(r: dict) -> str:
 
     lines.append(f"LiteRT      {lit['source'] or 'not installed'}: CPU {accel(lit['cpu'])}; GPU {accel(lit['gpu'])}"
                  if lit["installed"] else f"LiteRT      not installed ({lit['cpu']['reason']})")
+    if r.get("model_check"):
+        m = r["model_check"]
+        gap = m.get("self_check") or {}
+        lines.append(f"Model       {m['model']} asked {m['requested']}: runs on {m['backend']}"
+                     + (f"; self-check vs CPU on {gap['probes']} probes ({gap['probe_source']}): max |dp| "
+                        f"{gap['max_abs_dp']:.4f} (tolerance {gap['tolerance']}), top-1 {gap['top1_agreement']:.0%}, "
+                        f"{'passed' if gap['passed'] else 'FAILED'}" if gap else "") + "".join(f"\n            {msg}" for msg in m["messages"]))
     if cv["installed"]:
         lines.append(f"OpenCV      {cv['version']}: video {', '.join(cv['video_backends']) or 'none'}; "
                      f"GUI {cv['gui'] or '?'}; display {cv['display'] or 'none (windows cannot open; use --no-display)'}")

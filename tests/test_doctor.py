@@ -225,3 +225,18 @@ def test_pip_resolves_one_tensorflow_for_cpu_gpu_and_both(tmp_path):
     cuda = {n for n in resolved["dev,gpu"] if n.startswith("nvidia-")}
     assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12"} <= cuda
     assert not any(n.startswith("nvidia-") for n in resolved["dev"])
+
+
+@pytest.mark.slow
+def test_doctor_model_reports_where_it_runs_and_the_fallback(tiny_bundle):
+    """--model: the accelerator's self-check (or why it is not used) for a real bundle."""
+    from typer.testing import CliRunner
+
+    from edgeres.cli import app
+
+    result = CliRunner().invoke(app, ["doctor", "--json", "--cameras", "0", "--model", str(tiny_bundle)])
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])["model_check"]
+    assert check["requested"] == "gpu" and check["backend"].startswith("CPU")
+    # No GPU here: not used, and said why; on a GPU machine the self-check numbers appear instead.
+    assert check["accelerated"] is False and any("GPU" in m for m in check["messages"])

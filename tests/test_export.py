@@ -243,7 +243,7 @@ def test_measured_ranges_match_keras_on_residual_blocks(trained_run, quant_datas
 
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import Format, _converter, _ranged_tensors, _tensor_names, activation_stats
+    from edgeres.export import HIST_KEYS, Format, _converter, _ranged_tensors, _tensor_names, activation_stats
     from edgeres.model import backbone_of, load_model
     from edgeres.preprocess import load_pixels
 
@@ -265,17 +265,21 @@ def test_measured_ranges_match_keras_on_residual_blocks(trained_run, quant_datas
         probe = keras.Model(backbone.input, backbone.get_layer(layer).output)
         normalized = model.get_layer("normalize")(np.concatenate(pixels))
         expected = np.asarray(probe(normalized)).reshape(len(pixels), -1)
-        lo, hi = activation_stats(skeleton, [t], iter(pixels))
-        np.testing.assert_allclose(hi[:, 0], expected.max(1), rtol=1e-3, atol=1e-3)
-        np.testing.assert_allclose(lo[:, 0], expected.min(1), rtol=1e-3, atol=1e-3)
+        stats = activation_stats(skeleton, [t], iter(pixels))
+        np.testing.assert_allclose(stats.hi[:, 0], expected.max(1), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(stats.lo[:, 0], expected.min(1), rtol=1e-3, atol=1e-3)
+        # The histogram holds every value, on the right side of zero.
+        assert abs(stats.histograms[0].sum() - expected.size) <= 0.01 * expected.size
+        assert abs(stats.histograms[0][HIST_KEYS // 2:].sum() - np.sum(expected < 0)) <= 0.01 * expected.size
         checked += 1
     assert checked >= 2  # resnet-tiny has residual blocks: their outputs were found and compared
 
 
-def test_rare_outlier_images_break_minmax_not_robust(trained_run, quant_dataset, tmp_path):
+def test_rare_outlier_images_break_minmax_not_the_default(trained_run, quant_dataset, tmp_path):
     """Two odd images among 64 calibration photos (pixel checkerboards) light up a conv1 channel
     that no photo lights and nothing downstream reads. With TF's min/max ranges those two images
-    crush every other channel of that tensor; robust ranges ignore them and int8 stays faithful."""
+    crush every other channel of that tensor; the default (relative MSE: each image's error
+    counts against its own signal) and robust ranges ignore them and int8 stays faithful."""
     import hashlib
     import shutil
 
@@ -335,12 +339,13 @@ def test_rare_outlier_images_break_minmax_not_robust(trained_run, quant_dataset,
     with pytest.raises(QuantizationCheckFailed) as err:
         export(run, out=tmp_path / "minmax", ranges="minmax", **common)
     assert err.value.report.verification["agreement"] < 0.9
-    assert "--ranges robust" in str(err.value)  # the message names the way out
+    assert "--ranges relative-mse" in str(err.value)  # the message names the way out
 
-    report = export(run, out=tmp_path / "robust", **common)
+    report = export(run, out=tmp_path / "default", **common)
     assert report.passed and report.verification["agreement"] >= 0.97
-    meta = json.loads((tmp_path / "robust" / "edgeres.json").read_text())
-    assert meta["calibration"]["ranges"] == "robust"
+    meta = json.loads((tmp_path / "default" / "edgeres.json").read_text())
+    assert meta["calibration"]["ranges"] == "relative-mse"
+    assert export(run, out=tmp_path / "robust", ranges="robust", **common).verification["agreement"] >= 0.97
 
 
 def test_dark_calibration_images_still_give_raw_pixel_input(trained_run, quant_dataset, tmp_path):
@@ -362,6 +367,146 @@ def test_dark_calibration_images_still_give_raw_pixel_input(trained_run, quant_d
     cal = calib.draw(data_lib.scan(tmp_path / "dark", progress=False), 24, seed=0)
     assert max(int(np.asarray(Image.open(p)).max()) for p in cal.paths) < 100
     model = load_model(trained_run / "model.keras")
-    for ranges in ("robust", "minmax"):
+    for ranges in ("relative-mse", "mse", "percentile", "robust", "minmax"):
         blob, _ = convert_int8(model, cal, 64, ranges=ranges)
         assert _input_quantization(blob) == (1.0, 0), ranges
+
+
+# -- range rules: MSE-optimal clipping and percentiles, against brute force ---------------------
+
+
+def _fake_quant_sse(x: np.ndarray, lo: float, hi: float) -> float:
+    """Summed squared error of TFLite's asymmetric 8-bit quantizer with range lo..hi (zero point
+    nudged to an integer, so 0 is exact), applied to every value: the independent reference."""
+    step = (hi - lo) / 255
+    zero = np.round(-lo / step)
+    q = np.clip(np.round(x / step) + zero, 0, 255)
+    return float(np.sum(((q - zero) * step - x.astype(np.float64)) ** 2))
+
+
+def _grid_minimum(sse, lo: float, hi: float, points: int = 14) -> float:
+    """Where ``sse`` is least: a coarse grid over lo..hi, then a fine one around its best point."""
+    coarse = np.linspace(lo, hi, points)
+    best = coarse[int(np.argmin([sse(c) for c in coarse]))]
+    width = (hi - lo) / (points - 1)
+    fine = np.linspace(max(lo, best - width), min(hi, best + width), points)
+    return float(fine[int(np.argmin([sse(f) for f in fine]))])
+
+
+def test_mse_range_is_the_brute_force_minimum_and_beats_minmax():
+    """Post-ReLU values (half exact zeros) with two far outliers, 2M values: clipping the outliers
+    pays, and the clip point found from the histogram is where exact fake quantization is least."""
+    from edgeres.export import mse_range, value_histogram
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.maximum(rng.laplace(0, 1, 2_000_000), 0), [40.0, 60.0]]).astype(np.float32)
+    lo, hi = mse_range(value_histogram(x), float(x.min()), float(x.max()))
+    assert lo == 0.0
+    best = _grid_minimum(lambda h: _fake_quant_sse(x, 0.0, h), 5.0, float(x.max()))
+    mine, at_best = _fake_quant_sse(x, lo, hi), _fake_quant_sse(x, 0.0, best)
+    assert abs(hi - best) <= 0.04 * best, (hi, best)
+    assert mine <= 1.01 * at_best, (mine, at_best)
+    assert mine < 0.6 * _fake_quant_sse(x, 0.0, float(x.max()))  # min/max: ~2x the error
+
+
+def test_mse_range_signed_is_a_minimum_along_each_end():
+    """Signed values: each end of the found range is where exact fake quantization is least with
+    the other end held, and the error is far below min/max's."""
+    from edgeres.export import mse_range, value_histogram
+
+    rng = np.random.default_rng(1)
+    y = np.concatenate([rng.laplace(0, 1, 1_500_000), [50.0, -35.0]]).astype(np.float32)
+    lo, hi = mse_range(value_histogram(y), float(y.min()), float(y.max()))
+    best_hi = _grid_minimum(lambda h: _fake_quant_sse(y, lo, h), 3.0, float(y.max()))
+    best_lo = -_grid_minimum(lambda m: _fake_quant_sse(y, -m, hi), 3.0, float(-y.min()))
+    assert abs(hi - best_hi) <= 0.05 * best_hi and abs(lo - best_lo) <= 0.05 * abs(best_lo), (lo, hi, best_lo, best_hi)
+    assert _fake_quant_sse(y, lo, hi) <= 1.01 * min(_fake_quant_sse(y, lo, best_hi), _fake_quant_sse(y, best_lo, hi))
+    assert _fake_quant_sse(y, lo, hi) < 0.3 * _fake_quant_sse(y, float(y.min()), float(y.max()))
+
+
+def test_mse_range_keeps_the_range_when_clipping_costs_more():
+    """Many large values: clipping them costs more than resolution gains, so min/max is optimal."""
+    from edgeres.export import mse_range, value_histogram
+
+    x = np.random.default_rng(1).uniform(-3, 9, 50000).astype(np.float32)
+    lo, hi = mse_range(value_histogram(x), float(x.min()), float(x.max()))
+    assert hi >= 0.97 * x.max() and lo <= 0.97 * x.min(), (lo, hi)
+
+
+def test_value_histogram_counts_and_percentiles():
+    from edgeres.export import HIST_KEYS, percentile_range, value_histogram
+
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_t(3, 100000), np.zeros(30000)]).astype(np.float32)
+    h = value_histogram(x)
+    assert h.shape == (HIST_KEYS,) and h.sum() == x.size
+    assert h[0] == 30000  # exact zeros have their own bin
+    assert h[: HIST_KEYS // 2].sum() == np.sum(x >= 0) and h[HIST_KEYS // 2:].sum() == np.sum(x < 0)
+    lo, hi = percentile_range(h, float(x.min()), float(x.max()), percentile=99.9)
+    expected_lo, expected_hi = np.percentile(x, [0.1, 99.9])
+    # The range ends at a bin edge at or beyond the exact percentile; bins are 1/64 of an octave.
+    assert expected_hi <= hi <= expected_hi * (1 + 2 / 64), (hi, expected_hi)
+    assert expected_lo * (1 + 2 / 64) <= lo <= expected_lo, (lo, expected_lo)
+
+
+def test_logits_keep_their_full_observed_range(trained_run, quant_dataset):
+    """The tensor that feeds the softmax is never clipped by the clipping rules."""
+    from edgeres import calibrate as calib
+    from edgeres import data as data_lib
+    from edgeres.export import (Format, Ranges, _converter, _ranged_tensors, _softmax_inputs, activation_stats,
+                                choose_ranges, representative_dataset)
+    from edgeres.model import load_model
+
+    model = load_model(trained_run / "model.keras")
+    cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
+    conv = _converter(model, Format.INT8, cal, 64)
+    conv._experimental_calibrate_only = True
+    skeleton = conv.convert()
+    tensors = _ranged_tensors(skeleton)
+    logits = _softmax_inputs(skeleton, tensors)
+    assert len(logits) == 1
+    stats = activation_stats(skeleton, tensors, (x[0] for x in representative_dataset(cal, 64)()))
+    j = logits[0]
+    for rule in (Ranges.RELATIVE_MSE, Ranges.MSE, Ranges.PERCENTILE):
+        lo, hi = choose_ranges(rule, stats, output_side=logits)
+        assert (lo[j], hi[j]) == (stats.lo[:, j].min(), stats.hi[:, j].max()), rule
+        assert np.all(lo <= stats.lo.min(0) + 1e-6) or np.all(hi <= stats.hi.max(0) + 1e-6)
+    # The histogram counts every value of every image (a large tensor through a stride sample).
+    for h, n in zip(stats.histograms, _sizes(skeleton, tensors, len(cal.entries))):
+        assert abs(int(h.sum()) - n) <= 0.01 * n, (int(h.sum()), n)
+
+
+def _sizes(model_bytes: bytes, tensors: list[int], images: int) -> list[int]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)
+    return [images * int(np.prod(graph.Tensors(t).ShapeAsNumpy())) for t in tensors]
+
+
+def test_relative_mse_is_the_brute_force_minimum_and_is_not_stretched_by_loud_images():
+    """60 images of ordinary post-ReLU activations and 2 whose activations are 30x larger. The
+    relative range minimises the sum over images of each image's error over its own signal
+    (checked by exact fake quantization, image by image); the pooled MSE range follows the loud
+    images' values and ends well above it."""
+    from edgeres.export import HIST_SAMPLE, ActivationStats, Ranges, _mean_square, choose_ranges, value_histogram
+
+    rng = np.random.default_rng(3)
+    images = [np.maximum(rng.laplace(0, 1, 60000), 0).astype(np.float32) * (30.0 if i in (5, 30) else 1.0)
+              for i in range(62)]
+    counts = np.zeros((1, value_histogram(images[0]).size), np.int64)
+    relative = np.zeros(counts.shape)
+    for v in images:
+        h = value_histogram(v, HIST_SAMPLE)
+        counts[0] += h
+        relative[0] += h / _mean_square(v, HIST_SAMPLE)
+    stats = ActivationStats(np.array([[v.min()] for v in images]), np.array([[v.max()] for v in images]), counts, relative)
+    _, pooled_hi = choose_ranges(Ranges.MSE, stats)
+    _, relative_hi = choose_ranges(Ranges.RELATIVE_MSE, stats)
+
+    def relative_error(h):
+        return sum(_fake_quant_sse(v, 0.0, h) / float(np.mean(v.astype(np.float64) ** 2)) for v in images)
+
+    best = _grid_minimum(relative_error, 2.0, 0.5 * float(max(v.max() for v in images)))
+    assert abs(relative_hi[0] - best) <= 0.06 * best, (relative_hi[0], best)
+    assert relative_error(relative_hi[0]) <= 1.01 * relative_error(best)
+    assert pooled_hi[0] > 2 * relative_hi[0], (pooled_hi[0], relative_hi[0])

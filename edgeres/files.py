@@ -5,7 +5,7 @@
     write_bytes_atomic(out / "labels.txt", data)
     image_files(folder)                             # what train, predict and camera read
 
-Standard library only: this module ships to devices.
+Nothing heavier than the preprocessing module: this module ships to devices.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-# Every format Pillow decodes that a camera, phone or dataset commonly holds.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from edgeres.preprocess import IMAGE_SUFFIXES
 
 
 # -- written whole ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """edgeres: a folder of labelled photos -> ResNet-50 -> a faithful int8 .tflite on LiteRT.
 
-Stages, one module each: data, model, train, calibrate, export (TensorFlow side);
-preprocess, metadata, runtime, evaluate, bench, camera (device side, no TensorFlow).
+Stages, one module (or package) each: pipeline (tf.data), model, train, export (TensorFlow
+side); data, calibrate, runtime, evaluate, bench, camera, serve (device side, no TensorFlow),
+over what they share: preprocess, files, tflite, metadata, plots, config.
+``tests/test_structure.py`` holds the layers and checks that no import runs back up.
 """
 
 import os as _os

@@ -194,7 +194,7 @@ def test_calibrate_out_an_existing_directory(small_dataset, tmp_path):
     target.mkdir()
     code, out = _run("calibrate", "--data", small_dataset, "--size", "4", "--out", target)
     assert code == 2 and "is a directory" in out and "Traceback" not in out, out
-    assert list(tmp_path.rglob("*.tmp")) == [] and list(target.iterdir()) == []
+    assert list(tmp_path.rglob("*.tmp*")) == [] and list(target.iterdir()) == []
 
 
 # -- 7/10. datasets: symlinks, folders, files -------------------------------------------------

@@ -142,7 +142,9 @@ def train(
         )
         # Keras's progress bar in a log file is thousands of \r updates: one line per epoch there.
         result = train_run(config, resume=resume, verbose=1 if sys.stdout.isatty() else 2)
-        typer.echo(f"Done: {result.epochs_done} epochs, best validation accuracy "
+        start = {"imagenet": "from ImageNet weights", "none": "from scratch"}.get(
+            result.weights_used, f"from {result.weights_used}")
+        typer.echo(f"Done: {result.epochs_done} epochs {start}, best validation accuracy "
                    f"{result.best_val_accuracy:.2%}. Model: {result.model_path}")
         typer.echo(f"Next: edgeres export {result.run_dir} --int8")
 

@@ -38,7 +38,7 @@ KNOWN_LARGE = {
     "export.py": "issue 15: split into edgeres/export/ (convert, ranges, quantize, verify, report, bundle)",
     "runtime.py": "issue 15: probes and backends (interpreter, CompiledModel, delegate) out of the Classifier",
     "cli.py": "one command per function; the shared option types and printing helpers could move out",
-    "train.py": "being reworked (issue 12); the callbacks and run-folder handling could move out",
+    "train.py": "the checkpoint callback, run-folder handling and curves plot could move out",
     "serve.py": "the HTTP handler and the bundle checks could be two modules",
     "doctor.py": "the TensorFlow, LiteRT and camera probes could be one module each",
 }

@@ -128,6 +128,17 @@ def test_auto_resolution_cache_download_offline_and_tiny(notop_file, keras_home,
                                    "training from scratch.")
     assert FNAME in offline.note and str(keras_home / "models") in offline.note and "\n" not in offline.note
 
+    # A download whose MD5 is wrong (Keras raises and keeps the file): removed, so it is never "cached".
+    def corrupted(fname, origin, cache_dir, cache_subdir, file_hash):
+        (Path(cache_dir) / cache_subdir).mkdir(parents=True, exist_ok=True)
+        (Path(cache_dir) / cache_subdir / fname).write_bytes(b"half a file")
+        raise ValueError("Incomplete or corrupted file detected. The md5 file hash does not match")
+
+    monkeypatch.setattr(keras.utils, "get_file", corrupted)
+    bad = resolve_weights("resnet50", "auto")
+    assert bad.used == "none" and "Incomplete or corrupted" in bad.note
+    assert not (keras_home / "models" / FNAME).exists()
+
     # The download, mocked at Keras's call: the file Keras would verify and cache, then used as ImageNet.
     def download(fname, origin, cache_dir, cache_subdir, file_hash):
         assert fname == FNAME and origin == model_lib.IMAGENET_URL + FNAME
@@ -185,13 +196,19 @@ def test_auto_with_cached_imagenet_file_freezes_then_fine_tunes_conv5(
     monkeypatch.setitem(model_lib.IMAGENET_NOTOP, model_lib.Arch.RESNET50, (FNAME, _md5(notop_file)))
     trainable = []
     run = tmp_path / "run"
-    result = train(TrainConfig(data=str(small_dataset), out=str(run), arch="resnet50", image_size=32,
-                               batch_size=16, epochs=1, max_per_class=16, seed=0),
-                   callbacks=[_CountTrainable(trainable)], verbose=2)
-
+    config = TrainConfig(data=str(small_dataset), out=str(run), arch="resnet50", image_size=32, batch_size=16,
+                         epochs=1, max_per_class=16, seed=0)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C right after the frozen epoch's checkpoint
+        train(config, callbacks=[_CountTrainable(trainable, interrupt_after=1)], verbose=2)
     out = capsys.readouterr().out
     assert (f"Weights: ImageNet (Keras cache: {cached}); backbone frozen for 1 epoch, then conv5 fine-tuned "
             f"for 1 epoch at 1/10 the learning rate.") in out.splitlines(), out
+
+    # The resumed run continues the recorded recipe, from its checkpoint: the cache is not needed.
+    cached.unlink()
+    result = train(TrainConfig(out=str(run), epochs=0), resume=True, callbacks=[_CountTrainable(trainable)],
+                   verbose=2)
+    assert "Weights:" not in capsys.readouterr().out
     assert result.weights_used == "imagenet" and result.epochs_done == 2
     config = json.loads((run / "config.json").read_text())
     assert config["weights_used"] == "imagenet" and config["train"]["weights"] == "auto"
@@ -241,11 +258,15 @@ class _Inspect:  # a Keras callback without importing Keras at collection time
 
 
 class _CountTrainable:
-    def __new__(cls, counts: list):
+    def __new__(cls, counts: list, interrupt_after: int | None = None):
         import keras
 
         class CountTrainable(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 counts.append(len(self.model.trainable_weights))
+
+            def on_epoch_end(self, epoch, logs=None):  # runs after edgeres's checkpoint callback
+                if interrupt_after == epoch + 1:
+                    raise KeyboardInterrupt
 
         return CountTrainable()

@@ -127,7 +127,9 @@ def test_honest_accelerator_passes_and_is_used(tiny_bundle, val_photos):
     clf = Classifier(tiny_bundle, backend=honest, log=messages.append)
     assert messages == []
     assert clf.backend == "CPU (LiteRT CompiledModel)" and clf.self_check.passed
-    assert clf.self_check.probes == 8 and clf.self_check.top1_agreement == 1.0
+    # The bundle carries 6 real photos (export's probes.npz); 4 synthetic probes join them.
+    assert clf.self_check.probes == 10 and clf.self_check.probe_source.startswith("6 from probes.npz")
+    assert clf.self_check.top1_agreement == 1.0
     assert clf.self_check.max_abs_dp <= 1e-6
     for p in val_photos:
         assert np.array_equal(clf.predict(p).probabilities, cpu.predict(p).probabilities)

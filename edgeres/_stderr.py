@@ -45,3 +45,16 @@ def import_tensorflow_quietly() -> None:
     for line in logs.read().splitlines():
         if line.strip() and not any(noise in line for noise in TF_IMPORT_NOISE):
             print(line, file=sys.stderr)
+
+
+def track(iterable, *, total: int | None = None, description: str = ""):
+    """A progress bar on stderr while the job runs, gone when it ends; nothing at all when stderr
+    is not a terminal (a log file gets no bar residue, stdout stays clean for --json)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return iterable
+    from rich.progress import track as rich_track
+
+    return rich_track(iterable, total=total, description=description, transient=True, console=console)

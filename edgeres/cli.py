@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgeres.config import Arch, Precision, StrategyKind
 from edgeres.preprocess import Resize
 
 app = typer.Typer(
@@ -75,6 +76,19 @@ _MISSING_EXTRA = {
     "matplotlib": "plots need matplotlib: pip install 'edgeres[train]' (or matplotlib)",
 }
 
+def _multiple_of_32(value):
+    if value is not None and value % 32:
+        raise typer.BadParameter(f"must be a multiple of 32 (ResNet downsamples by 32). Received: {value}.")
+    return value
+
+
+def _positive(value):
+    value = _finite(value)
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be above 0. Received: {value}.")
+    return value
+
+
 def _finite(value):
     """Typer callback: reject NaN and infinities (click's min=/max= let NaN through)."""
     import math
@@ -105,19 +119,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset: ROOT/train/<class>/* + ROOT/validation/<class>/*, or ROOT/<class>/*. Default: $EDGERES_DATA, then the cats_and_dogs_filtered download.")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (never overwritten; see --resume).")] = Path("runs/cats-dogs"),
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (of the frozen phase when --freeze-backbone). Default 10; with --resume, the run's own unless you give more.")] = None,
-    image_size: Annotated[int, typer.Option(help="Square input size, a multiple of 32. 224 is ResNet's own; 128 trains ~3x faster on CPU.")] = 224,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (split across GPUs).")] = 32,
-    arch: Annotated[str, typer.Option(help="resnet50 | resnet50v2 | resnet-tiny (a small ResNet for smoke tests).")] = "resnet50",
+    epochs: Annotated[Optional[int], typer.Option(min=0, help="Epochs (of the frozen phase when --freeze-backbone). Default 10; with --resume, the run's own unless you give more.")] = None,
+    image_size: Annotated[int, typer.Option(min=32, max=2048, callback=_multiple_of_32, help="Square input size, a multiple of 32. 224 is ResNet's own; 128 trains ~3x faster on CPU.")] = 224,
+    batch_size: Annotated[int, typer.Option(min=1, help="Global batch size (split across GPUs).")] = 32,
+    arch: Annotated[Arch, typer.Option(case_sensitive=False, help="resnet50 | resnet50v2 (pre-activation) | resnet-tiny (a small ResNet for smoke tests).")] = Arch.RESNET50,
     weights: Annotated[str, typer.Option(help="auto: ImageNet weights when Keras's cache has them or they download (one try), else from scratch, said in one line | imagenet (fail if not to be had) | none (from scratch) | PATH to a Keras *_notop.h5 file.")] = "auto",
-    learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option(max=10.0, callback=_positive, help="Peak AdamW learning rate (cosine decay).")] = 1e-3,
     freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone/--no-freeze-backbone", help="Train only the head on a frozen backbone for --epochs. Default: frozen with pretrained weights, not from scratch.")] = None,
     fine_tune_epochs: Annotated[Optional[int], typer.Option(min=0, help="After the frozen phase, epochs with the top ResNet stage unfrozen at 1/10 the learning rate. Default: as many as --epochs with pretrained weights, else 0.")] = None,
-    max_per_class: Annotated[Optional[int], typer.Option(help="Use at most N train images per class (validation: N/2): quick runs.")] = None,
-    precision: Annotated[str, typer.Option(help="auto (mixed_float16 on GPU, float32 on CPU) | mixed | float32.")] = "auto",
+    max_per_class: Annotated[Optional[int], typer.Option(min=1, help="Use at most N train images per class (validation: N/2): quick runs.")] = None,
+    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="auto (mixed_float16 on GPU, float32 on CPU) | mixed | float32.")] = Precision.AUTO,
     xla: Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA jit_compile (default: on with a GPU, off on CPU).")] = None,
-    strategy: Annotated[str, typer.Option(help="auto | default | mirrored | multi-worker. auto: multi-worker when TF_CONFIG is set, mirrored over >1 GPU.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for splits, shuffling, augmentation and init.")] = 0,
+    strategy: Annotated[StrategyKind, typer.Option(case_sensitive=False, help="auto | default | mirrored | multi-worker. auto: multi-worker when TF_CONFIG is set, mirrored over >1 GPU.")] = StrategyKind.AUTO,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for splits, shuffling, augmentation and init.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill).")] = False,
 ):
     """Train a ResNet-50 (v1 or v2) classifier on a folder of labelled photos.
@@ -130,15 +144,15 @@ def train(
     Example: edgeres train --data ../shared/data/cats_and_dogs_filtered --out runs/cats-dogs --epochs 3 --image-size 128
     """
     with _friendly_errors():
-        from edgeres.config import Precision, StrategyKind, TrainConfig
+        from edgeres.config import TrainConfig
         from edgeres.train import train as train_run
 
         config = TrainConfig(
-            data=str(data) if data else None, out=str(out), arch=arch, weights=weights, image_size=image_size,
+            data=str(data) if data else None, out=str(out), arch=arch.value, weights=weights, image_size=image_size,
             batch_size=batch_size, epochs=epochs if epochs is not None else (0 if resume else 10),
             learning_rate=learning_rate, seed=seed,
             freeze_backbone=freeze_backbone, fine_tune_epochs=fine_tune_epochs, max_per_class=max_per_class,
-            precision=Precision(precision), jit_compile=xla, strategy=StrategyKind(strategy),
+            precision=precision, jit_compile=xla, strategy=strategy,
         )
         # Keras's progress bar in a log file is thousands of \r updates: one line per epoch there.
         result = train_run(config, resume=resume, verbose=1 if sys.stdout.isatty() else 2)

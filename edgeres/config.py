@@ -16,6 +16,12 @@ from edgeres.files import write_bytes_atomic  # noqa: F401 -- re-exported: calle
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
 
 
+class Arch(str, Enum):
+    RESNET50 = "resnet50"
+    RESNET50V2 = "resnet50v2"
+    RESNET_TINY = "resnet-tiny"  # 4 stages x 1 bottleneck block, 1/4 width: tests and smoke runs
+
+
 class Precision(str, Enum):
     AUTO = "auto"  # mixed_float16 on GPU, float32 on CPU
     FLOAT32 = "float32"

@@ -320,9 +320,9 @@ def _run_checks(files: list[Path], *, progress: bool) -> dict[Path, tuple[str, s
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(_check, files)
         if progress:
-            from rich.progress import track
+            from edgeres._stderr import track
 
-            results = track(results, total=len(files), description=f"Checking {len(files)} images", transient=True)
+            results = track(results, total=len(files), description=f"Checking {len(files)} images")
         return dict(zip(files, results))
 
 

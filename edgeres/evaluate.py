@@ -129,9 +129,9 @@ def compare(
     kept, skipped = [], []
     iterator = items
     if progress:
-        from rich.progress import track
+        from edgeres._stderr import track
 
-        iterator = track(items, description=f"Evaluating {len(classifiers)} model(s)", transient=True)
+        iterator = track(items, description=f"Evaluating {len(classifiers)} model(s)")
     for path, label in iterator:
         try:
             image = decode(path)

@@ -29,10 +29,7 @@ import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 
-class Arch(str, Enum):
-    RESNET50 = "resnet50"
-    RESNET50V2 = "resnet50v2"
-    RESNET_TINY = "resnet-tiny"  # 4 stages x 1 bottleneck block, 1/4 width: tests and smoke runs
+from edgeres.config import Arch  # noqa: E402 -- defined with the other config enums (the CLI types options with it)
 
 
 # Each backbone's own preprocessing, expressed on 0..255 RGB input (timm-style config that

@@ -235,3 +235,15 @@ def test_data_that_is_a_file_says_so(tmp_path):
     f.write_bytes(b"x")
     code, out = _run("calibrate", "--data", f, "--out", tmp_path / "c.txt")
     assert code == 2 and "is a file, not a folder" in out, out
+
+
+@pytest.mark.parametrize("args", [
+    ["--image-size", "100"], ["--image-size", "0"], ["--batch-size", "0"], ["--arch", "banana"],
+    ["--learning-rate", "nan"], ["--learning-rate", "0"], ["--learning-rate", "-1"], ["--precision", "x"],
+    ["--strategy", "y"], ["--epochs", "-1"], ["--seed", "-2"], ["--max-per-class", "0"],
+    ["--fine-tune-epochs", "-1"],
+])
+def test_train_options_are_checked_at_parse_time(args, tmp_path):
+    code, out = _run("train", "--out", tmp_path / "run", *args)
+    assert code == 2 and "Invalid value" in out, out
+    assert not (tmp_path / "run").exists()

@@ -1,7 +1,7 @@
 """Export time for ResNet-50 (int8 with N calibration images + float32), and what it produced.
 
     python benchmarks/bench_export.py --data ../shared/data/cats_and_dogs_filtered \
-        [--run RUN_DIR] [--image-size 224] [--calibration-size 300] [--ranges robust|minmax]
+        [--run RUN_DIR] [--image-size 224] [--calibration-size 300] [--ranges relative-mse|mse|percentile|robust|minmax]
         [--out benchmarks/out/resnet50-224]
 
 Without --run, a random-weight ResNet-50 run directory is made (conversion time does not depend
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--calibration-size", type=int, default=300)
-    ap.add_argument("--ranges", choices=["robust", "minmax"], default="robust")
+    ap.add_argument("--ranges", choices=["relative-mse", "mse", "percentile", "robust", "minmax"], default="relative-mse")
     ap.add_argument("--verify-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/resnet50-export"))
     ap.add_argument("--no-layer-report", action="store_true")

@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,9 @@ def _model_path(model: Path) -> Path:
 
 
 def _mediapipe_python() -> str:
-    py = os.environ.get("EDGERES_MEDIAPIPE_PYTHON")
+    from edgeres.clients import find_mediapipe_python  # $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe
+
+    py = find_mediapipe_python()
     if not py or not Path(py).is_file():
         sys.exit("error: set EDGERES_MEDIAPIPE_PYTHON to a Python with mediapipe and pillow installed "
                  "(python -m venv .venv-mediapipe && .venv-mediapipe/bin/pip install mediapipe pillow).")
@@ -118,7 +121,10 @@ def main() -> None:
     from PIL import Image
 
     from edgeres.evaluate import labelled_images
-    from edgeres.preprocess import decode
+    from edgeres.preprocess import decode, to_pixels
+
+    # The example app's own functions (run_path does not run its main()).
+    minimal_app = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "minimal_app.py"))
     from edgeres.runtime import Classifier
 
     model = _model_path(args.model)
@@ -140,6 +146,8 @@ def main() -> None:
         "edgeres predict": lambda f, rgb: None,
         "Pillow antialias": lambda f, rgb: np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)),
         "numpy MediaPipe rule": lambda f, rgb: resize_like_mediapipe(rgb, height, width),
+        "edgeres rule (Resize.BILINEAR)": lambda f, rgb: to_pixels(rgb, (height, width), "bilinear"),
+        "minimal_app.py (its own decode + resize)": lambda f, rgb: minimal_app["load_pixels"](str(f), width, height),
         "cv2 LINEAR": lambda f, rgb: cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR),
         "cv2 AREA": lambda f, rgb: cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA),
     }

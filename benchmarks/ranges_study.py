@@ -83,9 +83,8 @@ def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | 
 
     with ex._quiet():
         conv = ex._converter(model, ex.Format.INT8, cal, size)
-        conv._experimental_calibrate_only = True
         conv.representative_dataset = lambda: iter([[images[0]]])
-        skeleton = conv.convert()
+        skeleton = ex.calibrate_only(conv)
     tensors = ex._ranged_tensors(skeleton)
     logits = ex._softmax_inputs(skeleton, tensors)
     cache = SAVED / f"{run.name}-stats-{len(images)}-{seed}.npz"

@@ -244,14 +244,14 @@ def test_measured_ranges_match_keras_on_residual_blocks(trained_run, quant_datas
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
     from edgeres.export import HIST_KEYS, Format, _converter, _ranged_tensors, _tensor_names, activation_stats
+    from edgeres.export.quantize import calibrate_only
     from edgeres.model import backbone_of, load_model
     from edgeres.preprocess import load_pixels
 
     model = load_model(trained_run / "model.keras")
     cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
     conv = _converter(model, Format.INT8, cal, 64)
-    conv._experimental_calibrate_only = True
-    skeleton = conv.convert()
+    skeleton = calibrate_only(conv)
     names = _tensor_names(skeleton)
     pixels = [load_pixels(p, 64)[None].astype(np.float32) for p in cal.paths]
 
@@ -455,13 +455,13 @@ def test_logits_keep_their_full_observed_range(trained_run, quant_dataset):
     from edgeres import data as data_lib
     from edgeres.export import (Format, Ranges, _converter, _ranged_tensors, _softmax_inputs, activation_stats,
                                 choose_ranges, representative_dataset)
+    from edgeres.export.quantize import calibrate_only
     from edgeres.model import load_model
 
     model = load_model(trained_run / "model.keras")
     cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
     conv = _converter(model, Format.INT8, cal, 64)
-    conv._experimental_calibrate_only = True
-    skeleton = conv.convert()
+    skeleton = calibrate_only(conv)
     tensors = _ranged_tensors(skeleton)
     logits = _softmax_inputs(skeleton, tensors)
     assert len(logits) == 1

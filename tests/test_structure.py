@@ -24,20 +24,17 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "bench", "clients", "doctor", "doctor_device"}),
     ("pipeline", {"pipeline"}),
     ("model", {"model"}),
-    ("train", {"train"}),
+    ("train", {"train", "distribute", "run_files", "checkpoint"}),
     ("export", {"export"}),
     ("apps", {"camera", "serve", "serve_files"}),
     ("cli", {"cli"}),
 ]
-TRAINING = {"pipeline", "model", "train", "export"}  # TensorFlow's side; everything else runs on a device
+TRAINING = {"pipeline", "model", "train", "distribute", "run_files", "checkpoint", "export"}  # TensorFlow's side; everything else runs on a device
 HEAVY = {"tensorflow", "keras", "tf_keras"}
 
 LIMIT = 400  # lines per module
 # Over the limit today, each with what is left to do; the lead removes them as they are split.
-KNOWN_LARGE = {
-    "cli.py": "one command per function; the shared option types and printing helpers could move out",
-    "train.py": "the checkpoint callback, run-folder handling and curves plot could move out",
-}
+KNOWN_LARGE: dict[str, str] = {}
 
 
 def _modules() -> dict[str, list[Path]]:

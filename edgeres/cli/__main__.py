@@ -1,0 +1,5 @@
+"""``python -m edgeres.cli``."""
+
+from edgeres.cli import main
+
+main()

@@ -1,0 +1,304 @@
+"""The commands that run an exported model through LiteRT, with no TensorFlow: predict,
+evaluate, bench, camera, serve; and doctor, which says what this machine can do."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeres.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    AcceleratorOpt,
+    Client,
+    DelegateOpt,
+    JsonOpt,
+    StrictOpt,
+    ThreadsOpt,
+    _expand,
+    _finite,
+    _friendly_errors,
+    _print_predictions,
+    _short_names,
+    app,
+)
+from edgeres.runtime import Accelerator
+
+
+# -- runtime commands ----------------------------------------------------------------------
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A .tflite file or an export bundle directory (uses its int8 model).")],
+    paths: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K best classes.")] = 1,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    accelerator: AcceleratorOpt = Accelerator.AUTO,
+    delegate: DelegateOpt = None,
+    strict: StrictOpt = False,
+):
+    """Classify images with an exported model through LiteRT (no TensorFlow needed).
+
+    Unreadable images are reported and skipped; the exit code is 1 if any failed.
+
+    Example: edgeres predict export/cats-dogs photo.jpg photos/ --top-k 2
+    """
+    with _friendly_errors():
+        from edgeres.preprocess import ImageError
+        from edgeres.runtime import Classifier
+
+        clf = Classifier(model, threads=threads, accelerator=accelerator, delegate=delegate, strict=strict)
+        files, problems = _expand(paths)
+        rows = []
+        for f in files:
+            try:
+                pred = clf.predict(f)
+            except ImageError as e:
+                problems.append(str(e))
+                continue
+            rows.append((f, pred))
+            if json_out:
+                record = {"path": str(f), **pred.to_dict()}
+                if top_k > 1:
+                    record["top_k"] = [{"label": lbl, "score": round(s, 6)} for lbl, s in pred.top_k(top_k, clf.labels)]
+                typer.echo(json.dumps(record))
+        if not json_out and rows:
+            _print_predictions(rows, clf, top_k)
+        for p in problems:
+            typer.secho(f"skipped: {p}", fg="yellow", err=True)
+        if problems or not rows:
+            raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def evaluate(
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
+    data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
+    split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
+    accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default: the reference) | gpu | auto. gpu runs a bundle's float16 model on LiteRT's GPU accelerator after a self-check against the CPU.")] = Accelerator.CPU,
+    client: Annotated[Optional[Client], typer.Option(help="Also run each model through this client on the same files and report its accuracy and agreement with edgeres. mediapipe: MediaPipe Tasks ImageClassifier, decoding and resizing the files itself as an app does (interpreter: $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe).")] = None,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
+):
+    """Accuracy (95% CI), per-class precision/recall and confusion of each model; agreement between them.
+
+    All models see byte-identical input pixels, made by each model's own resize rule; --client
+    mediapipe also runs each model through MediaPipe Tasks as an app would and reports agreement.
+
+    Example (float vs int8): edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
+    """
+    with _friendly_errors():
+        from edgeres.evaluate import evaluate as run_eval
+
+        from edgeres.data import resolve_data_dir
+
+        data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
+        ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
+                      accelerator=accelerator)
+        checks = []
+        if client is Client.MEDIAPIPE:
+            from edgeres.clients import check_mediapipe
+            from edgeres.evaluate import labelled_images
+            from edgeres.runtime import Classifier
+
+            classes, items = labelled_images(data, split)
+            if limit:
+                items = items[:: max(1, len(items) // limit)][:limit]
+            from edgeres.clients import find_mediapipe_python
+
+            if find_mediapipe_python() is None:  # the edgeres numbers still stand: say how, go on
+                from edgeres.clients import MEDIAPIPE_HOWTO
+
+                typer.secho(f"warning: --client mediapipe: no MediaPipe interpreter found. {MEDIAPIPE_HOWTO}.",
+                            fg="yellow", err=True)
+            else:
+                checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
+                          for m in models]
+        if report:
+            ev.save_report(report)
+            if checks:
+                (report / "clients.json").write_text(json.dumps([c.to_dict() for c in checks], indent=2) + "\n")
+        if json_out:
+            typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{data} ({split})", title_justify="left")
+        names = dict(zip((m.path for m in ev.models), _short_names([m.path for m in ev.models])))
+        for col in ("model", "n", "accuracy", "95% CI", *[f"{c} P/R" for c in ev.classes], "ms"):
+            # The model column never truncates: float32 and int8 must stay tellable apart.
+            table.add_column(col, justify="left" if col == "model" else "right",
+                             no_wrap=col != "model", overflow="fold", min_width=len(max(names.values(), key=len)) if col == "model" else None)
+        for m in ev.models:
+            pr = [f"{m.per_class[c]['precision']:.2f}/{m.per_class[c]['recall']:.2f}" for c in ev.classes]
+            table.add_row(names[m.path], str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
+                          f"{m.mean_latency_ms:.1f}")
+        Console().print(table)
+        for other, agree in ev.agreement.items():
+            typer.echo(f"agreement with {names[ev.models[0].path]}: {names.get(other, other)} {agree:.2%} "
+                       f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}, "
+                       f"p99 |dp| {ev.p99_abs_prob_diff.get(other, float('nan')):.4f}")
+        for check in checks:
+            typer.echo(f"{_short_names([check.model])[0]}: {check.summary()}")
+        if ev.skipped:
+            typer.secho(f"skipped {len(ev.skipped)} unreadable image(s)", fg="yellow", err=True)
+        if report:
+            typer.echo(f"Report: {report}")
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; ratios are against the first.")],
+    threads: ThreadsOpt = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
+    accelerator: AcceleratorOpt = Accelerator.CPU,
+    delegate: DelegateOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Latency (p50/p90/p99), throughput, load time and memory of each model, batch 1.
+
+    With --accelerator gpu or --delegate, also the accelerator's self-check against the CPU.
+
+    Example (the headline): edgeres bench export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --threads 2
+    """
+    with _friendly_errors():
+        from edgeres.bench import bench as run_bench
+        from edgeres.bench import ratios
+
+        results = run_bench(models, threads=threads, runs=runs, warmup=warmup, accelerator=accelerator,
+                            delegate=delegate, strict=strict)
+        speedups = ratios(results)
+        if json_out:
+            typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"batch 1, {results[0].threads} threads, {runs} runs", title_justify="left")
+        for col in ("model", "input", "backend", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "RSS MB", "vs first"):
+            table.add_column(col, justify="left" if col in ("model", "input", "backend") else "right")
+        for r in results:
+            table.add_row(Path(r.path).name, r.input, r.backend, f"{r.load_ms:.0f}", f"{r.p50_ms:.2f}",
+                          f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.rss_mb:.0f}",
+                          f"{speedups.get(r.path, 1.0):.2f}x")
+        Console().print(table)
+        for r in results:
+            if r.self_check:
+                typer.echo(f"{Path(r.path).name}: {r.self_check_summary}")
+
+
+@app.command()
+def camera(
+    model: Annotated[Path, typer.Argument(help="A .tflite file or an export bundle directory (uses its int8 model).")],
+    source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), /dev/videoN, a video FILE, a stream URL (rtsp://, http://) or a DIR of images.")] = "0",
+    no_display: Annotated[bool, typer.Option("--no-display", help="No window (devices without a screen): use --json and/or --record.")] = False,
+    record: Annotated[Optional[Path], typer.Option(help="Write the annotated video: .mp4 (mp4v) or .avi (MJPG).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per processed frame on stdout (index, timestamp, label, score, latency).")] = False,
+    compare: Annotated[Optional[Path], typer.Option(help="A second model run on the same frames (e.g. float32 beside int8), with the running disagreement rate.")] = None,
+    realtime: Annotated[Optional[bool], typer.Option("--realtime/--every-frame", help="Keep only the newest frame (default for cameras and URLs) or process every frame (default for files and folders: reproducible).")] = None,
+    smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, callback=_finite, help="Average probabilities over frames, 0..0.99 (default 0.6 live, 0 for files), so the label does not flicker.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N processed frames.")] = None,
+    snapshot_dir: Annotated[Path, typer.Option(help="Where the s key saves snapshots.")] = Path("."),
+    accelerator: AcceleratorOpt = Accelerator.AUTO,
+    threads: ThreadsOpt = None,
+):
+    """Live cat/dog (or any) classification from a camera, video, stream or folder of images.
+
+    The window shows label, confidence, FPS and latency. Keys: q or Esc quit, space pauses,
+    s saves a snapshot. Capture runs on its own thread keeping only the newest frame, so a slow
+    model drops frames instead of falling behind. Ends cleanly (recording finalised, summary
+    printed) on q, Ctrl-C, the end of a file, or a camera that stays unplugged.
+
+    Example: edgeres camera export/cats-dogs --source 0
+    Example (headless): edgeres camera export/cats-dogs --source clip.mp4 --no-display --json --record out.mp4
+    """
+    with _friendly_errors():
+        from edgeres.camera import EndReason, run_camera
+
+        summary = run_camera(
+            model, source=source, display=not no_display, record=record,
+            json_out=sys.stdout if json_out else None, compare=compare, accelerator=accelerator,
+            threads=threads, realtime=realtime, smoothing=smoothing, max_frames=max_frames,
+            snapshot_dir=snapshot_dir,
+        )
+        typer.echo(summary.format(), err=True)
+        if summary.ended is EndReason.INTERRUPTED:
+            raise typer.Exit(130)
+
+
+# -- doctor --------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    json_out: JsonOpt = False,
+    need: Annotated[Optional[list[str]], typer.Option("--need", help="What your next command needs: train | gpu | camera | mediapipe (repeatable). Missing, it is a problem (exit 1); otherwise a note.")] = None,
+    cameras: Annotated[int, typer.Option(min=0, max=16, help="Try camera indices 0..N-1 (each in its own process, a few seconds' timeout).")] = 4,
+    model: Annotated[Optional[Path], typer.Option("--model", exists=True, help="Also load this .tflite or bundle on the accelerator (--accelerator, default gpu) and report its self-check against the CPU: the gap, and whether the accelerator is used.")] = None,
+    accelerator: AcceleratorOpt = Accelerator.GPU,
+    delegate: DelegateOpt = None,
+):
+    """What this machine can do: Python and packages, TensorFlow's devices (and whether training
+    uses mixed precision and XLA), LiteRT's CPU and GPU accelerators, OpenCV's video and GUI
+    backends, cameras, a MediaPipe interpreter, disk space.
+
+    Exits 1 when something the next command needs is broken, with the fix on the same line.
+
+    Example: edgeres doctor --need train --need gpu
+    """
+    from edgeres.doctor import NEEDS, diagnose, format_report
+
+    wanted = [n.strip() for item in (need or []) for n in item.split(",") if n.strip()]
+    bad = [n for n in wanted if n not in NEEDS]
+    if bad:
+        raise typer.BadParameter(f"{', '.join(bad)}: choose from {', '.join(NEEDS)}.", param_hint="--need")
+    report = diagnose(need=wanted, cameras=range(cameras))
+    if model is not None:
+        with _friendly_errors():
+            from edgeres.runtime import check_accelerator
+
+            report["model_check"] = check_accelerator(model, accelerator=accelerator, delegate=delegate)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(format_report(report))
+    if not report["ok"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
+    https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
+):
+    """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
+
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+
+    The JS/WASM files come from `npm ci` in the edgeres checkout (once). A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
+
+    Example: edgeres serve export/cats-dogs
+    Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https
+    """
+    with _friendly_errors():
+        from edgeres.serve import ServeError, serve as serve_bundle
+
+        try:
+            serve_bundle(bundle, host=host, port=port, https=https, log=typer.echo)
+        except ServeError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
+

@@ -82,12 +82,11 @@ def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | 
     labels = np.array([s.label for s in samples])
 
     with ex._quiet():
-        conv = ex._converter(model, ex.Format.INT8, cal, size)
-        conv.representative_dataset = lambda: iter([[images[0]]])
-        skeleton = ex.calibrate_only(conv)
-    tensors = ex._ranged_tensors(skeleton)
-    logits = ex._softmax_inputs(skeleton, tensors)
-    cache = SAVED / f"{run.name}-stats-{len(images)}-{seed}.npz"
+        skeleton = ex._converter(model, ex.Format.FLOAT32, None, size).convert()  # the float32 model
+    tensors = ex.activation_tensors(skeleton)
+    names = ex._tensor_names(skeleton)
+    logits = ex.softmax_inputs(skeleton, tensors)
+    cache = SAVED / f"{run.name}-f32stats-{len(images)}-{seed}.npz"
     t = time.perf_counter()
     if cache.is_file():
         saved = np.load(cache)
@@ -135,8 +134,7 @@ def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | 
         rule, keep_logits, kwargs = RULES[name]
         t = time.perf_counter()
         if rule == "minmax":
-            with ex._quiet():
-                lo, hi = ex._ranges_of(ex.calibrate_model(model, cal, size, ranges="minmax"), tensors)
+            lo, hi = ex.choose_ranges("minmax", stats)
         elif rule == "measured":
             lo, hi = stats.lo.min(0).astype(np.float64), stats.hi.max(0).astype(np.float64)
         elif rule == "robust":
@@ -156,7 +154,7 @@ def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | 
         lo[pixels_at], hi[pixels_at] = 0.0, 255.0
         ranges_s = time.perf_counter() - t
         with ex._quiet():
-            blob = ex.quantize(ex._with_ranges(skeleton, tensors, lo, hi))
+            blob = ex.quantize(skeleton, {names[t]: (lo[j], hi[j]) for j, t in enumerate(tensors)})
         assert not ex.float_tensors(blob)
         p = run_int8(blob)
         # Beyond half a step past either end, a logit value is clipped (as _clipped_fraction counts).

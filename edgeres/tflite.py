@@ -188,6 +188,22 @@ def pack(model, size_hint: int = 1024) -> bytes:
     return bytes(builder.Output())
 
 
+def inline_buffers(data: bytes) -> bytes:
+    """``data`` with every buffer stored inside the flatbuffer. Some writers (the LiteRT
+    Quantizer) append weights after the flatbuffer and point at them by offset; the metadata
+    writer and older runtimes expect them inline."""
+    import numpy as np
+
+    model = unpack(data)
+    if not any(b.offset > 1 for b in (model.buffers or [])):
+        return bytes(data)
+    for b in model.buffers:
+        if b.offset > 1:
+            b.data = np.frombuffer(data, np.uint8, count=b.size, offset=b.offset)
+            b.offset = b.size = 0
+    return pack(model, size_hint=len(data) + (1 << 20))
+
+
 def io_tensors(data: bytes):
     """``(input, output)``: the generated ``Tensor`` readers of subgraph 0's first input and output."""
     graph = read_model(data).Subgraphs(0)

@@ -208,10 +208,17 @@ def test_in_graph_normalization_survives_int8(arch):
 
 
 def test_float_first_layer_cannot_silently_change_the_interface(trained_run, tmp_path):
-    with pytest.raises(ExportError, match="uint8"):
-        export(trained_run, out=tmp_path / "b", formats=("int8", "float32"), calibration_size=16,
-               float_layers=("normalize",), layer_report=False, log=lambda m: None)
-    assert not (tmp_path / "b").exists()
+    """TF's quantizer left a float32 input when the first layer stayed float (and said success);
+    the LiteRT Quantizer keeps uint8 raw pixels in and scores out, and export checks it."""
+    from edgeres.export import _input_quantization, _io_types, float_tensors
+    from edgeres.tflite import TensorType
+
+    export(trained_run, out=tmp_path / "b", formats=("int8", "float32"), calibration_size=16,
+           float_layers=("normalize",), layer_report=False, client_check=False, log=lambda m: None)
+    blob = (tmp_path / "b" / "model_int8.tflite").read_bytes()
+    assert _io_types(blob) == (TensorType.UINT8, TensorType.UINT8)
+    assert _input_quantization(blob) == (1.0, 0)
+    assert any("normalize" in t for t in float_tensors(blob))  # the layer really stayed float
 
 
 # -- activation ranges --------------------------------------------------------------------
@@ -243,21 +250,19 @@ def test_measured_ranges_match_keras_on_residual_blocks(trained_run, quant_datas
 
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import HIST_KEYS, Format, _converter, _ranged_tensors, _tensor_names, activation_stats
-    from edgeres.export.quantize import calibrate_only
+    from edgeres.export import HIST_KEYS, Format, _converter, _tensor_names, activation_stats, activation_tensors
     from edgeres.model import backbone_of, load_model
     from edgeres.preprocess import load_pixels
 
     model = load_model(trained_run / "model.keras")
     cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
-    conv = _converter(model, Format.INT8, cal, 64)
-    skeleton = calibrate_only(conv)
+    skeleton = _converter(model, Format.FLOAT32, None, 64).convert()
     names = _tensor_names(skeleton)
     pixels = [load_pixels(p, 64)[None].astype(np.float32) for p in cal.paths]
 
     backbone = backbone_of(model)
     checked = 0
-    for t in _ranged_tensors(skeleton):
+    for t in activation_tensors(skeleton):
         match = re.search(r"/(conv\d_block\d_3_bn)(_\d+)?/", names[t].split(";")[0])
         if not match:
             continue
@@ -453,17 +458,15 @@ def test_logits_keep_their_full_observed_range(trained_run, quant_dataset):
     """The tensor that feeds the softmax is never clipped by the clipping rules."""
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import (Format, Ranges, _converter, _ranged_tensors, _softmax_inputs, activation_stats,
-                                choose_ranges, representative_dataset)
-    from edgeres.export.quantize import calibrate_only
+    from edgeres.export import (Format, Ranges, _converter, activation_stats, activation_tensors, choose_ranges,
+                                representative_dataset, softmax_inputs)
     from edgeres.model import load_model
 
     model = load_model(trained_run / "model.keras")
     cal = calib.draw(data_lib.scan(quant_dataset, progress=False), 24, seed=0)
-    conv = _converter(model, Format.INT8, cal, 64)
-    skeleton = calibrate_only(conv)
-    tensors = _ranged_tensors(skeleton)
-    logits = _softmax_inputs(skeleton, tensors)
+    skeleton = _converter(model, Format.FLOAT32, None, 64).convert()
+    tensors = activation_tensors(skeleton)
+    logits = softmax_inputs(skeleton, tensors)
     assert len(logits) == 1
     stats = activation_stats(skeleton, tensors, (x[0] for x in representative_dataset(cal, 64)()))
     j = logits[0]

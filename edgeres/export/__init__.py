@@ -36,11 +36,10 @@ from edgeres import data as data_lib  # noqa: E402
 from edgeres.config import run_resize, versions, write_bytes_atomic, write_json_atomic  # noqa: E402
 from edgeres.export.bundle_write import (BUNDLE_ENTRIES, _replace_dir, _write_models,  # noqa: E402,F401
                                          check_replaceable, clean_stale_partials)
-from edgeres.export.convert import (ExportError, Format, _converter, _input_quantization,  # noqa: E402,F401
+from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter, _input_quantization,  # noqa: E402,F401
                                     _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, convert,
                                     convert_int8, float_tensors, representative_dataset)
-from edgeres.export.quantize import (_ranged_tensors, _ranges_of, _softmax_inputs,  # noqa: E402,F401
-                                     _with_ranges, calibrate_only, quantize)
+from edgeres.export.quantize import activation_tensors, debug_model, quantize, softmax_inputs  # noqa: E402,F401
 from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE, PERCENTILE,  # noqa: E402,F401
                                    RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
@@ -189,12 +188,14 @@ def export(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        converted, calibrated = {}, None
-        for fmt in formats:
+        converted, chosen = {}, None
+        # float32 first: the int8 model is quantized from it.
+        for fmt in sorted(formats, key=lambda f: f is Format.INT8):
             t = time.perf_counter()
             if fmt is Format.INT8:
-                model_bytes, calibrated = convert_int8(model, calibration_set, size, float_layers=float_layers,
-                                                       ranges=ranges, progress=progress)
+                float32 = converted.get(Format.FLOAT32.value, {}).get("raw")
+                model_bytes, chosen = convert_int8(model, calibration_set, size, float_layers=float_layers,
+                                                   ranges=ranges, progress=progress, float_model=float32)
             else:
                 model_bytes = convert(model, fmt, size=size)
             timings[f"convert_{fmt.value}"] = time.perf_counter() - t
@@ -205,6 +206,7 @@ def export(
                                       f"{offenders[:3]}: full-integer quantization failed.")
             converted[fmt.value] = {"file": f"model_{fmt.value}.tflite", "raw": model_bytes}
             log(f"Converted {fmt.value} in {timings[f'convert_{fmt.value}']:.1f} s ({len(model_bytes) / 1e6:.2f} MB)")
+        converted = {fmt.value: converted[fmt.value] for fmt in formats}
 
         meta = {
             "name": out.name, "labels": list(labels), "arch": arch,
@@ -238,10 +240,10 @@ def export(
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
-        if config.layer_report and calibrated is not None:
+        if config.layer_report and chosen is not None:
             t = time.perf_counter()
             log("Per-layer int8 error report (QuantizationDebugger) ...")
-            worst = layer_error_report(model, calibrated, calibration_set, size, tmp)
+            worst = layer_error_report(model, chosen, calibration_set, size, tmp)
             timings["layer_report"] = time.perf_counter() - t
 
         meta.update(models={k: {"file": v["file"]} for k, v in files.items()},

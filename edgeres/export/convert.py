@@ -1,7 +1,8 @@
 """Keras -> ``.tflite``: float32, float16 and dynamic-range through TensorFlow's converter, and
-full-integer int8 from edgeres's own activation ranges (:mod:`.ranges`) through the quantizer
-(:mod:`.quantize`). Also the probes that check what came out (float tensors left, the input's
-quantization), read with :mod:`edgeres.tflite`.
+full-integer int8 from the float32 model, edgeres's own activation ranges (:mod:`.ranges`,
+measured by running that float32 model in LiteRT) and the LiteRT Quantizer (:mod:`.quantize`).
+Also the probes that check what came out (float tensors left, the input's quantization), read
+with :mod:`edgeres.tflite`. No private TensorFlow API is used here.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
 from edgeres import calibrate as calib
 from edgeres import tflite
-from edgeres.export.quantize import _ranged_tensors, _ranges_of, _softmax_inputs, _with_ranges, calibrate_only, quantize
+from edgeres.export.quantize import QuantizeError, activation_tensors, quantize, softmax_inputs
 from edgeres.export.ranges import DEFAULT_RANGES, Ranges, activation_stats, choose_ranges
 from edgeres.preprocess import load_pixels
 from edgeres.tflite import TensorType
@@ -75,28 +77,48 @@ def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_
         return _converter(model, fmt, calibration_set, size).convert()
 
 
+@dataclass(frozen=True)
+class Int8Ranges:
+    """The activation ranges an int8 model was built with: one ``(lo, hi)`` per tensor of the
+    float32 model they were measured on (by index and name)."""
+
+    float_model: bytes
+    tensors: list[int]
+    names: list[str]
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def by_name(self) -> dict[str, tuple[float, float]]:
+        return {n: (float(a), float(b)) for n, a, b in zip(self.names, self.lo, self.hi)}
+
+
 def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: Ranges | str = DEFAULT_RANGES,
-                 progress: bool = False) -> tuple[bytes, bytes]:
-    """Full-integer int8 ``.tflite`` (uint8 in and out), and the calibrated float model it came from."""
+                 progress: bool = False, float_model: bytes | None = None) -> tuple[bytes, Int8Ranges]:
+    """Full-integer int8 ``.tflite`` (uint8 in and out), and the ranges it was built with.
+    ``float_model``: the float32 ``.tflite`` of ``model`` when the caller has it already."""
     if calibration_set is None:
         raise ExportError("int8 export needs a calibration set.")
     with warnings.catch_warnings(), _calibration_progress(calibration_set, progress) as advance, _quiet():
         warnings.simplefilter("ignore")
-        calibrated = calibrate_model(model, calibration_set, size, ranges=ranges, advance=advance)
-        nodes = ()
+        if float_model is None:
+            float_model = _converter(model, Format.FLOAT32, None, size).convert()
+        chosen = calibrate_model(model, calibration_set, size, ranges=ranges, advance=advance, float_model=float_model)
         if float_layers:
-            nodes = [name for name in _tensor_names(calibrated) if any(layer in name for layer in float_layers)]
-            if not nodes:
+            names = tflite.tensor_names(float_model)
+            if not any(layer in name for name in names for layer in float_layers):
                 raise ExportError(f"--float-layers {', '.join(float_layers)} matched no layer; "
                                   f"use names from layer_errors.csv (e.g. conv5_block3_3_conv).")
-        blob = quantize(calibrated, float_nodes=nodes)
-    if float_layers and _io_types(blob) != (TensorType.UINT8, TensorType.UINT8):
-        raise ExportError(f"Keeping {', '.join(float_layers)} in float leaves the model without uint8 "
-                          f"input/output; keep layers other than the first and the last in float.")
+        try:
+            blob = quantize(float_model, chosen.by_name(), float_layers=float_layers)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from e
+    if _io_types(blob) != (TensorType.UINT8, TensorType.UINT8):
+        raise ExportError(f"Keeping {', '.join(float_layers) or 'no layer'} in float leaves the model without "
+                          f"uint8 input/output; keep layers other than the first and the last in float.")
     if _input_quantization(blob) != (1.0, 0):
         raise ExportError(f"The int8 model's input quantization is {_input_quantization(blob)}, not raw "
                           f"pixels (scale 1, zero point 0); apps feeding image bytes would be wrong.")
-    return blob, calibrated
+    return blob, chosen
 
 
 @contextlib.contextmanager
@@ -115,31 +137,25 @@ def _calibration_progress(calibration_set, enabled: bool):
 
 
 def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str = DEFAULT_RANGES,
-                    advance=None) -> bytes:
-    """A float ``.tflite`` that carries one activation range (min/max) per tensor, for :func:`quantize`."""
+                    advance=None, float_model: bytes | None = None) -> Int8Ranges:
+    """One activation range per tensor of the float32 model, by the rule ``ranges``, from the
+    calibration images run through that model in LiteRT (every intermediate tensor kept)."""
     ranges = Ranges(ranges)
-    conv = _converter(model, Format.INT8, calibration_set, size)
+    if float_model is None:
+        float_model = _converter(model, Format.FLOAT32, None, size).convert()
+    tensors = activation_tensors(float_model)
     images = representative_dataset(calibration_set, size)
-    if ranges is Ranges.MINMAX:
-        conv.representative_dataset = (lambda: (advance() or x for x in images())) if advance else images
-        calibrated = calibrate_only(conv)
-        tensors = _ranged_tensors(calibrated)
-        lo, hi = _ranges_of(calibrated, tensors)
-    else:
-        # One image gives the calibrated graph (every range slot in place); the ranges come next.
-        conv.representative_dataset = representative_dataset(calibration_set, size, 1)
-        calibrated = calibrate_only(conv)
-        tensors = _ranged_tensors(calibrated)
-        stats = activation_stats(calibrated, tensors, (x[0] for x in images()), advance=advance,
-                                 histograms=ranges is not Ranges.ROBUST)
-        lo, hi = choose_ranges(ranges, stats, output_side=_softmax_inputs(calibrated, tensors))
+    stats = activation_stats(float_model, tensors, (x[0] for x in images()), advance=advance,
+                             histograms=ranges not in (Ranges.ROBUST, Ranges.MINMAX))
+    lo, hi = choose_ranges(ranges, stats, output_side=softmax_inputs(float_model, tensors))
     # Pixels are 0..255 by definition, whatever the calibration images' brightness: pinning the
     # input range makes the uint8 input the raw byte (scale 1, zero point 0), which is what
     # MediaPipe, the examples and edgeres.json's "feed raw pixels" rely on.
-    pixels = _input_tensor(calibrated)
+    pixels = _input_tensor(float_model)
     if pixels in tensors:
         lo[tensors.index(pixels)], hi[tensors.index(pixels)] = 0.0, 255.0
-    return _with_ranges(calibrated, tensors, lo, hi)
+    names = tflite.tensor_names(float_model)
+    return Int8Ranges(float_model, tensors, [names[t] for t in tensors], np.asarray(lo), np.asarray(hi))
 
 
 class _quiet:

@@ -1,31 +1,37 @@
-"""The only place edgeres uses TensorFlow Lite's private or experimental APIs.
+"""int8 quantization: the LiteRT Quantizer's public API fed edgeres's own ranges, and the one
+place edgeres uses TensorFlow Lite's private APIs (the per-layer error report only).
 
-The int8 path needs three things TensorFlow's public converter does not offer: a float model
-that carries activation ranges instead of a quantized one (so edgeres can put its own ranges
-in), the quantizer run on such a model, and a uint8 interface for a model with float layers.
-Each private API is listed in :data:`PRIVATE_APIS`; ``tests/test_private_api.py`` imports
-every one and checks the signature used here, naming the TensorFlow version when one moved.
-LiteRT's public alternative is the LiteRT Quantizer (``ai-edge-quantizer``); see issue 15.
+The int8 model is made by the LiteRT Quantizer (``ai-edge-quantizer``, AEQ) from the float32
+``.tflite``: static int8 activations, per-channel int8 weights, every op integer, uint8 input
+and output (raw pixels in, scale 1 / zero point 0; scores out, 1/256). The activation ranges are
+not AEQ's (its calibrator keeps a moving average of each image's min/max): edgeres computes one
+range per tensor (:mod:`.ranges`) and hands them to ``Quantizer.quantize(calibration_result=)``
+by tensor name. ``benchmarks/quantizer_comparison.md`` measured that this gives the same model
+as TensorFlow's quantizer did (same scales and zero points, same agreement).
+
+The per-layer report (:mod:`.report`) still runs TensorFlow's QuantizationDebugger: it measures
+each op's *local* error (the op fed the same dequantized input in float and in int8), which
+says which layer to keep in float; AEQ's ``validate()`` measures the accumulated error instead.
+That needs three private TF APIs, listed in :data:`PRIVATE_APIS` and used only by
+:func:`debug_model`; ``tests/test_private_api.py`` checks each one, naming the TF version when
+one moved.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import re
 
 import numpy as np
 
+from edgeres import tflite
 from edgeres.tflite import TensorType
 
-# (module, attribute, how edgeres calls it): what tests/test_private_api.py checks.
+# (module, attribute, how edgeres calls it): what tests/test_private_api.py checks. Report only.
 PRIVATE_APIS = (
     ("tensorflow.lite.python.lite", "TFLiteConverterBase._experimental_calibrate_only",
      "converter._experimental_calibrate_only = True; converter.convert() -> calibrated float model"),
     ("tensorflow.lite.python.convert", "mlir_quantize",
-     "mlir_quantize(model, False, input_data_type=, output_data_type=) / (model, enable_numeric_verify=True)"
-     " / (model, denylisted_nodes=[...])"),
-    ("tensorflow.lite.python._pywrap_modify_model_interface", "modify_model_interface",
-     "modify_model_interface(src_path, dst_path, input_type, output_type) -> 0 on success"),
+     "mlir_quantize(calibrated_model, enable_numeric_verify=True) -> model with NumericVerify ops"),
     ("tensorflow.lite.tools.flatbuffer_utils", "convert_bytearray_to_object",
      "convert_bytearray_to_object(bytes) -> ModelT"),
     ("tensorflow.lite.tools.flatbuffer_utils", "convert_object_to_bytearray",
@@ -35,6 +41,73 @@ PRIVATE_APIS = (
 _SOFTMAX = 25  # BuiltinOperator.SOFTMAX in the TFLite schema
 
 
+class QuantizeError(RuntimeError):
+    pass
+
+
+# -- the tensors that need a range -------------------------------------------------------------
+
+
+def activation_tensors(float_model: bytes) -> list[int]:
+    """Indices of the float activation tensors of subgraph 0, in graph order: the input, then
+    every operator's float output. These are the tensors the quantizer asks a range for."""
+    graph = tflite.read_model(float_model).Subgraphs(0)
+    found = [int(graph.Inputs(i)) for i in range(graph.InputsLength())]
+    for i in range(graph.OperatorsLength()):
+        for t in graph.Operators(i).OutputsAsNumpy():
+            t = int(t)
+            if t >= 0 and t not in found and graph.Tensors(t).Type() == TensorType.FLOAT32:
+                found.append(t)
+    return found
+
+
+def softmax_inputs(float_model: bytes, tensors: list[int]) -> list[int]:
+    """Positions in ``tensors`` of the tensors that feed a SOFTMAX (the logits)."""
+    model = tflite.read_model(float_model)
+    graph = model.Subgraphs(0)
+    softmax = {i for i in range(model.OperatorCodesLength())
+               if max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()) == _SOFTMAX}
+    feeding = {int(graph.Operators(i).Inputs(0)) for i in range(graph.OperatorsLength())
+               if graph.Operators(i).OpcodeIndex() in softmax}
+    return [j for j, t in enumerate(tensors) if t in feeding]
+
+
+# -- the int8 model: LiteRT Quantizer, public API ----------------------------------------------
+
+
+def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, float_layers=()) -> bytes:
+    """Full-integer int8 model from ``float_model`` with the activation ``ranges`` given
+    (tensor name -> (lo, hi)): per-channel int8 weights, int8 activations, uint8 input and
+    output. Ops whose output tensor name contains one of ``float_layers`` stay float (the
+    quantizer puts DEQUANTIZE/QUANTIZE around them and keeps the uint8 interface)."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    q = quantizer.Quantizer(bytes(float_model))
+    q.load_quantization_recipe(recipe.static_wi8_ai8())  # int8 activations, per-channel int8 weights
+    # uint8 at both ends, as TensorFlow's converter gives: one QUANTIZE op at each end, so apps
+    # feed image bytes and read scores in 1/256 steps.
+    u8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=False,
+                                          granularity=qtyping.QuantGranularity.TENSORWISE,
+                                          dtype=qtyping.TensorDataType.UINT)
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        q.update_quantization_recipe(".*", op, qtyping.OpQuantizationConfig(
+            activation_tensor_config=u8, compute_precision=qtyping.ComputePrecision.INTEGER))
+    for layer in float_layers:
+        q.update_quantization_recipe(regex=re.escape(layer), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key="no_quantize")
+    qsvs = {name: {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
+            for name, (lo, hi) in ranges.items()}
+    try:
+        result = q.quantize(calibration_result=qsvs, enable_progress_report=False)
+    except Exception as e:  # noqa: BLE001 -- AEQ raises plain exceptions; say which step failed
+        raise QuantizeError(f"The LiteRT Quantizer (ai-edge-quantizer) failed: {type(e).__name__}: {e}") from e
+    # AEQ stores the weights after the flatbuffer, by offset; inline them as TF's converter does.
+    return tflite.inline_buffers(bytes(result.quantized_model))
+
+
+# -- the per-layer report's debug model: TensorFlow, private APIs ------------------------------
+
+
 def calibrate_only(converter) -> bytes:
     """A float ``.tflite`` with one min/max range per activation tensor, from ``converter``'s
     representative dataset, instead of a quantized model (what TF's QuantizationDebugger uses)."""
@@ -42,30 +115,24 @@ def calibrate_only(converter) -> bytes:
     return converter.convert()
 
 
-def quantize(calibrated: bytes, *, float_nodes=(), debug: bool = False) -> bytes:
-    """int8 model from a calibrated one: uint8 in and out, per-channel weights; ``float_nodes``
-    (tensor names) stay float; ``debug`` adds the NumericVerify ops QuantizationDebugger reads."""
-    import tensorflow as tf
-    from tensorflow.lite.python import _pywrap_modify_model_interface as mmi
+def debug_model(converter, ranges: dict[str, tuple[float, float]]) -> tuple[bytes, int]:
+    """The int8 model with NumericVerify ops that TF's QuantizationDebugger reads, built with
+    ``ranges`` (the exported model's own) instead of TF's. ``converter`` is an int8 converter
+    whose representative dataset may be a single image: its ranges are all replaced. Also
+    returns how many ranged tensors had no range in ``ranges`` (they keep the converter's)."""
     from tensorflow.lite.python.convert import mlir_quantize
 
-    if debug:
-        return mlir_quantize(calibrated, enable_numeric_verify=True)
-    if not float_nodes:
-        # What TFLiteConverter does for full-integer with uint8 I/O, given these ranges.
-        return mlir_quantize(calibrated, False, input_data_type=tf.uint8, output_data_type=tf.uint8)
-    blob = mlir_quantize(calibrated, denylisted_nodes=list(float_nodes))
-    # Float I/O at this point; give the model the same uint8 interface as full int8. The tool
-    # can return success yet leave a float input (when the first layer stays float): the caller
-    # checks the interface itself, since edgeres.json promises uint8 pixels.
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = Path(d, "in.tflite"), Path(d, "out.tflite")
-        src.write_bytes(blob)
-        status = mmi.modify_model_interface(str(src), str(dst), int(TensorType.UINT8), int(TensorType.UINT8))
-        return dst.read_bytes() if status == 0 and dst.is_file() else b""
-
-
-# -- the ranges inside a calibrated model ------------------------------------------------------
+    calibrated = calibrate_only(converter)
+    tensors = _ranged_tensors(calibrated)
+    names = tflite.tensor_names(calibrated)
+    lo, hi = _ranges_of(calibrated, tensors)
+    missing = 0
+    for j, t in enumerate(tensors):
+        if names[t] in ranges:
+            lo[j], hi[j] = ranges[names[t]]
+        else:
+            missing += 1
+    return mlir_quantize(_with_ranges(calibrated, tensors, lo, hi), enable_numeric_verify=True), missing
 
 
 def _graph(calibrated: bytes):
@@ -96,13 +163,3 @@ def _with_ranges(calibrated: bytes, tensors: list[int], lo, hi) -> bytes:
         graph.tensors[t].quantization.min = [float(a)]
         graph.tensors[t].quantization.max = [float(b)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _softmax_inputs(calibrated: bytes, tensors: list[int]) -> list[int]:
-    """Positions in ``tensors`` of the tensors that feed a SOFTMAX (the logits)."""
-    model = _graph(calibrated)
-    graph = model.subgraphs[0]
-    softmax = {i for i, code in enumerate(model.operatorCodes)
-               if max(code.builtinCode, code.deprecatedBuiltinCode) == _SOFTMAX}
-    feeding = {int(op.inputs[0]) for op in graph.operators if op.opcodeIndex in softmax}
-    return [j for j, t in enumerate(tensors) if t in feeding]

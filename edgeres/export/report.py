@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.export.convert import _quiet, representative_dataset
-from edgeres.export.quantize import quantize
+from edgeres.export.convert import Format, Int8Ranges, _converter, _quiet, representative_dataset
+from edgeres.export.quantize import debug_model
 from edgeres.files import atomic_path
 
 
-def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out_dir: Path,
+def layer_error_report(model, ranges: Int8Ranges, calibration_set, size: int, out_dir: Path,
                        images: int = 8) -> list[dict]:
     """Per-layer int8 error from TF's QuantizationDebugger, named by Keras layer; CSV + PNG.
 
@@ -24,7 +24,7 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
     ``clipped_fraction`` is the share of values beyond the range, ``in_range_rmse_over_scale``
     the rounding error of the rest: together they say whether a layer loses to clipping or to
     resolution.
-    It uses the exported model's own ranges (``calibrated``); errors are averaged over the
+    It uses the exported model's own ranges (``ranges``); errors are averaged over the
     first ``images`` calibration images. A layer whose rare large values are clipped by the
     robust ranges shows a larger error here, by design.
     """
@@ -35,8 +35,12 @@ def layer_error_report(model, calibrated: bytes, calibration_set, size: int, out
         options = tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"clipped_fraction": _clipped_fraction,
                                           "in_range_rmse_over_scale": _in_range_rmse_over_scale})
+        converter = _converter(model, Format.INT8, calibration_set, size)
+        # One image makes the calibrated graph; every range in it is then replaced by the export's.
+        converter.representative_dataset = representative_dataset(calibration_set, size, 1)
+        debug, _ = debug_model(converter, ranges.by_name())
         debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=quantize(calibrated, debug=True),
+            quant_debug_model_content=debug,
             debug_dataset=representative_dataset(calibration_set, size, images), debug_options=options)
         debugger.run()
     buf = io.StringIO()

@@ -1,5 +1,9 @@
 """Issue 15: the LiteRT Quantizer (ai-edge-quantizer, AEQ) fed the int8 ranges edgeres computes.
 
+Historical: this compares AEQ with the TensorFlow quantizer edgeres used before it moved to AEQ,
+and calls that code (calibrate-only graph, mlir_quantize). Run it from revision bb40e30
+(`git worktree add /tmp/pre-aeq bb40e30`); benchmarks/quantizer_comparison.md has the results.
+
 Three steps, two virtual environments (AEQ needs no TensorFlow; edgeres' converter does).
 Another run: EDGERES_AEQ_RUN=<run dir> for every step, and export it to out/aeq/<run name>/bundle.
 

@@ -35,6 +35,8 @@ VARIANTS = {
     "conv2+conv3 a16": [("conv2_|conv3_", "a16")],
     "all a16": [(".*", "a16")],
     "weights only": [(".*", "weights")],
+    "int8 + MSE weights": [(".*", "mse weights")],
+    "int8 + OCTAV weights": [(".*", "octav weights")],
 }
 
 
@@ -57,6 +59,10 @@ def build(float_model: bytes, ranges: dict, spec) -> bytes:
         elif what == "a16":
             q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                 activation_num_bits=16, weight_num_bits=8)
+        elif what.endswith(" weights"):
+            key = {"mse": "MSE", "octav": "OCTAV"}[what.split()[0]]
+            q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                activation_num_bits=8, weight_num_bits=8, algorithm_key=key)
         elif what == "weights":
             q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
     qsvs = {n: {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)} for n, (lo, hi) in ranges.items()}

@@ -147,9 +147,10 @@ def study(run: Path, data: Path, calibration_size: int, seed: int, limit: int | 
         else:
             lo, hi = ex.choose_ranges(rule, stats)
         lo, hi = np.array(lo, np.float64), np.array(hi, np.float64)
-        if keep_logits:
+        if keep_logits:  # as edgeres does: the observed range and LOGITS_MARGIN of it each side
             for j in logits:
-                lo[j], hi[j] = stats.lo[:, j].min(), stats.hi[:, j].max()
+                a, b = stats.lo[:, j].min(), stats.hi[:, j].max()
+                lo[j], hi[j] = a - ex.LOGITS_MARGIN * (b - a), b + ex.LOGITS_MARGIN * (b - a)
         pixels_at = tensors.index(ex._input_tensor(skeleton))
         lo[pixels_at], hi[pixels_at] = 0.0, 255.0
         ranges_s = time.perf_counter() - t

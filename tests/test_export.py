@@ -455,11 +455,12 @@ def test_value_histogram_counts_and_percentiles():
 
 
 def test_logits_keep_their_full_observed_range(trained_run, quant_dataset):
-    """The tensor that feeds the softmax is never clipped by the clipping rules."""
+    """The tensor that feeds the softmax is never clipped by the clipping rules: its observed
+    range and LOGITS_MARGIN of it on each side, for photos beyond the calibration set."""
     from edgeres import calibrate as calib
     from edgeres import data as data_lib
-    from edgeres.export import (Format, Ranges, _converter, activation_stats, activation_tensors, choose_ranges,
-                                representative_dataset, softmax_inputs)
+    from edgeres.export import (LOGITS_MARGIN, Format, Ranges, _converter, activation_stats, activation_tensors,
+                                choose_ranges, representative_dataset, softmax_inputs)
     from edgeres.model import load_model
 
     model = load_model(trained_run / "model.keras")
@@ -472,8 +473,11 @@ def test_logits_keep_their_full_observed_range(trained_run, quant_dataset):
     j = logits[0]
     for rule in (Ranges.RELATIVE_MSE, Ranges.MSE, Ranges.PERCENTILE):
         lo, hi = choose_ranges(rule, stats, output_side=logits)
-        assert (lo[j], hi[j]) == (stats.lo[:, j].min(), stats.hi[:, j].max()), rule
-        assert np.all(lo <= stats.lo.min(0) + 1e-6) or np.all(hi <= stats.hi.max(0) + 1e-6)
+        a, b = float(stats.lo[:, j].min()), float(stats.hi[:, j].max())
+        assert b > a
+        assert np.allclose((lo[j], hi[j]), (a - LOGITS_MARGIN * (b - a), b + LOGITS_MARGIN * (b - a))), rule
+        rest = np.arange(len(lo)) != j  # the other tensors: never beyond what was observed
+        assert np.all(lo[rest] <= stats.lo.min(0)[rest] + 1e-6) or np.all(hi[rest] <= stats.hi.max(0)[rest] + 1e-6)
     # The histogram counts every value of every image (a large tensor through a stride sample).
     for h, n in zip(stats.histograms, _sizes(skeleton, tensors, len(cal.entries))):
         assert abs(int(h.sum()) - n) <= 0.01 * n, (int(h.sum()), n)

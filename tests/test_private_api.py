@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 # By name from the module: at package level, edgeres.export.quantize is the function.
-from edgeres.export.quantize import (PRIVATE_APIS, _ranged_tensors, _ranges_of, _with_ranges, activation_tensors,
-                                     calibrate_only, debug_model, quantize, softmax_inputs)
+from edgeres.export.quantize import (PRIVATE_APIS, _ranges_of, _with_ranges, activation_tensors, debug_model, quantize,
+                                     softmax_inputs)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -37,46 +37,17 @@ def _resolve(api: str):
         pytest.fail(_fail(api, f"is gone ({e})"))
 
 
-class _Tiny:
-    """A tiny graph (conv-free: mul, add, relu, softmax) and an int8 converter for it."""
-
-    @staticmethod
-    def converter(calibrate: bool):
-        class Tiny(tf.Module):
-            @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32)])
-            def __call__(self, x):
-                return tf.nn.softmax(tf.nn.relu(x * 0.5 + 1.0) - 2.0)
-
-        tiny = Tiny()
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([tiny.__call__.get_concrete_function()], tiny)
-        if calibrate:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: ([np.linspace(0, 255, 8, dtype=np.float32)[None] * k]
-                                                   for k in (0.5, 1.0))
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = tf.uint8
-            conv.inference_output_type = tf.uint8
-        return conv
-
-
-@pytest.fixture(scope="module")
-def calibrated() -> bytes:
-    """A calibrated float model of the tiny graph through
-    :func:`edgeres.export.quantize.calibrate_only`: what the layer report's debug model starts from."""
-    conv = _Tiny.converter(calibrate=True)
-    api = "tensorflow.lite.python.lite.TFLiteConverterBase._experimental_calibrate_only"
-    assert hasattr(conv, "_experimental_calibrate_only"), _fail(api, "is no longer a converter attribute")
-    try:
-        model = calibrate_only(conv)
-    except Exception as e:  # noqa: BLE001 -- any failure here is the API changing
-        pytest.fail(_fail(api, f"failed: {type(e).__name__}: {e}"))
-    assert _ranged_tensors(model), _fail(api, "gave a model without activation ranges (min/max)")
-    return model
-
-
 @pytest.fixture(scope="module")
 def float_model() -> bytes:
-    return _Tiny.converter(calibrate=False).convert()
+    """A tiny float graph (conv-free: mul, add, relu, softmax) as TF's public converter writes it."""
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32)])
+        def __call__(self, x):
+            return tf.nn.softmax(tf.nn.relu(x * 0.5 + 1.0) - 2.0)
+
+    tiny = Tiny()
+    return tf.lite.TFLiteConverter.from_concrete_functions([tiny.__call__.get_concrete_function()], tiny).convert()
 
 
 def _tiny_ranges(float_model: bytes) -> dict[str, tuple[float, float]]:
@@ -94,7 +65,6 @@ def _tiny_ranges(float_model: bytes) -> dict[str, tuple[float, float]]:
 def test_every_private_api_is_listed_here():
     source = (PACKAGE / "export" / "quantize.py").read_text()
     assert APIS == {
-        "tensorflow.lite.python.lite.TFLiteConverterBase._experimental_calibrate_only",
         "tensorflow.lite.python.convert.mlir_quantize",
         "tensorflow.lite.tools.flatbuffer_utils.convert_bytearray_to_object",
         "tensorflow.lite.tools.flatbuffer_utils.convert_object_to_bytearray",
@@ -110,7 +80,7 @@ def test_private_apis_appear_only_in_quantize():
     assert found == ["export/quantize.py"], found
     # ... and there, only in the report's debug model: the int8 export itself is public API.
     source = (PACKAGE / "export" / "quantize.py").read_text()
-    body = source[source.index("def quantize("):source.index("def calibrate_only(")]
+    body = source[source.index("def quantize("):source.index("def debug_model(")]
     assert not any(m in body for m in markers)
 
 
@@ -120,30 +90,35 @@ def test_mlir_quantize_signature():
     assert "enable_numeric_verify" in params, _fail(api, f"has no keyword enable_numeric_verify (takes {params})")
 
 
-def test_flatbuffer_utils_round_trip(calibrated):
+def test_flatbuffer_utils_round_trip(float_model):
     read = _resolve("tensorflow.lite.tools.flatbuffer_utils.convert_bytearray_to_object")
     _resolve("tensorflow.lite.tools.flatbuffer_utils.convert_object_to_bytearray")
-    tensors = _ranged_tensors(calibrated)
-    lo, hi = _ranges_of(calibrated, tensors)
-    rewritten = _with_ranges(calibrated, tensors, lo - 1.0, hi + 1.0)
-    lo2, hi2 = _ranges_of(rewritten, tensors)
+    tensors = activation_tensors(float_model)
+    lo, hi = np.arange(len(tensors)) - 1.0, np.arange(len(tensors)) + 2.5
+    ranged = _with_ranges(float_model, tensors, lo, hi)
+    lo2, hi2 = _ranges_of(ranged, tensors)
     api = "tensorflow.lite.tools.flatbuffer_utils.convert_object_to_bytearray"
-    assert np.allclose(lo2, lo - 1.0) and np.allclose(hi2, hi + 1.0), _fail(api, "lost the rewritten ranges")
-    assert len(read(rewritten).subgraphs[0].tensors) == len(read(calibrated).subgraphs[0].tensors)
+    assert np.allclose(lo2, lo) and np.allclose(hi2, hi), _fail(api, "lost the written ranges")
+    assert len(read(ranged).subgraphs[0].tensors) == len(read(float_model).subgraphs[0].tensors)
 
 
 def test_debug_model_uses_the_given_ranges(float_model):
-    """The report's model: NumericVerify ops in, every range replaced by the export's by name."""
+    """The report's model: NumericVerify ops in, and the given ranges are the ones quantized with."""
     ranges = _tiny_ranges(float_model)
     api = "tensorflow.lite.python.convert.mlir_quantize"
-    debug, missing = debug_model(_Tiny.converter(calibrate=True), ranges)
-    assert debug, _fail(api, "gave nothing with enable_numeric_verify=True")
-    assert missing == 0, "the calibrated graph's tensor names no longer match the float32 model's"
+    try:
+        debug = debug_model(float_model, ranges)
+    except Exception as e:  # noqa: BLE001 -- any failure here is the API changing
+        pytest.fail(_fail(api, f"failed: {type(e).__name__}: {e}"))
     from edgeres.tflite import schema
 
     model = schema().Model.GetRootAs(debug, 0)
     codes = [model.OperatorCodes(i).CustomCode() for i in range(model.OperatorCodesLength())]
     assert b"NumericVerify" in codes, _fail(api, f"added no NumericVerify op ({codes})")
+    from ai_edge_litert.interpreter import Interpreter
+
+    scales = [d["quantization"][0] for d in Interpreter(model_content=debug).get_tensor_details()]
+    assert any(abs(s - 127.5 / 255) < 1e-6 for s in scales), _fail(api, "ignored the ranges written in")
 
 
 # -- the LiteRT Quantizer (public, 0.x): what the int8 export relies on ------------------------

@@ -40,8 +40,8 @@ from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter,
                                     _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, convert,
                                     convert_int8, float_tensors, representative_dataset)
 from edgeres.export.quantize import activation_tensors, debug_model, quantize, softmax_inputs  # noqa: E402,F401
-from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE, PERCENTILE,  # noqa: E402,F401
-                                   RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
+from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE,  # noqa: E402,F401
+                                   LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
 from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
 from edgeres.export.verify import client_checks, verify  # noqa: E402

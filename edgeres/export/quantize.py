@@ -12,9 +12,9 @@ as TensorFlow's quantizer did (same scales and zero points, same agreement).
 The per-layer report (:mod:`.report`) still runs TensorFlow's QuantizationDebugger: it measures
 each op's *local* error (the op fed the same dequantized input in float and in int8), which
 says which layer to keep in float; AEQ's ``validate()`` measures the accumulated error instead.
-That needs three private TF APIs, listed in :data:`PRIVATE_APIS` and used only by
-:func:`debug_model`; ``tests/test_private_api.py`` checks each one, naming the TF version when
-one moved.
+That needs TF's quantizer and flatbuffer object API, both private, listed in
+:data:`PRIVATE_APIS` and used only by :func:`debug_model`; ``tests/test_private_api.py`` checks
+each one, naming the TF version when one moved.
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ from edgeres.tflite import TensorType
 
 # (module, attribute, how edgeres calls it): what tests/test_private_api.py checks. Report only.
 PRIVATE_APIS = (
-    ("tensorflow.lite.python.lite", "TFLiteConverterBase._experimental_calibrate_only",
-     "converter._experimental_calibrate_only = True; converter.convert() -> calibrated float model"),
     ("tensorflow.lite.python.convert", "mlir_quantize",
-     "mlir_quantize(calibrated_model, enable_numeric_verify=True) -> model with NumericVerify ops"),
+     "mlir_quantize(float_model_with_ranges, enable_numeric_verify=True) -> model with NumericVerify ops"),
     ("tensorflow.lite.tools.flatbuffer_utils", "convert_bytearray_to_object",
      "convert_bytearray_to_object(bytes) -> ModelT"),
     ("tensorflow.lite.tools.flatbuffer_utils", "convert_object_to_bytearray",
@@ -108,58 +106,42 @@ def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, floa
 # -- the per-layer report's debug model: TensorFlow, private APIs ------------------------------
 
 
-def calibrate_only(converter) -> bytes:
-    """A float ``.tflite`` with one min/max range per activation tensor, from ``converter``'s
-    representative dataset, instead of a quantized model (what TF's QuantizationDebugger uses)."""
-    converter._experimental_calibrate_only = True  # noqa: SLF001
-    return converter.convert()
-
-
-def debug_model(converter, ranges: dict[str, tuple[float, float]]) -> tuple[bytes, int]:
-    """The int8 model with NumericVerify ops that TF's QuantizationDebugger reads, built with
-    ``ranges`` (the exported model's own) instead of TF's. ``converter`` is an int8 converter
-    whose representative dataset may be a single image: its ranges are all replaced. Also
-    returns how many ranged tensors had no range in ``ranges`` (they keep the converter's)."""
+def debug_model(float_model: bytes, ranges: dict[str, tuple[float, float]]) -> bytes:
+    """The int8 model with NumericVerify ops that TF's QuantizationDebugger reads, built from
+    the float32 ``.tflite`` and ``ranges`` (the exported model's own, by tensor name)."""
     from tensorflow.lite.python.convert import mlir_quantize
 
-    calibrated = calibrate_only(converter)
-    tensors = _ranged_tensors(calibrated)
-    names = tflite.tensor_names(calibrated)
-    lo, hi = _ranges_of(calibrated, tensors)
-    missing = 0
-    for j, t in enumerate(tensors):
-        if names[t] in ranges:
-            lo[j], hi[j] = ranges[names[t]]
-        else:
-            missing += 1
-    return mlir_quantize(_with_ranges(calibrated, tensors, lo, hi), enable_numeric_verify=True), missing
+    tensors = activation_tensors(float_model)
+    names = tflite.tensor_names(float_model)
+    missing = [names[t] for t in tensors if names[t] not in ranges]
+    if missing:
+        raise QuantizeError(f"No range for {len(missing)} tensor(s), e.g. {missing[:2]}")
+    lo, hi = zip(*(ranges[names[t]] for t in tensors))
+    return mlir_quantize(_with_ranges(float_model, tensors, lo, hi), enable_numeric_verify=True)
 
 
-def _graph(calibrated: bytes):
+def _graph(model_bytes: bytes):
     from tensorflow.lite.tools import flatbuffer_utils
 
-    return flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    return flatbuffer_utils.convert_bytearray_to_object(model_bytes)
 
 
-def _ranged_tensors(calibrated: bytes) -> list[int]:
-    """Indices of the tensors a calibrated model holds a range for (subgraph 0)."""
-    graph = _graph(calibrated).subgraphs[0]
-    return [i for i, t in enumerate(graph.tensors)
-            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)]
-
-
-def _ranges_of(calibrated: bytes, tensors: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    graph = _graph(calibrated).subgraphs[0]
+def _ranges_of(model_bytes: bytes, tensors: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The min/max ranges written into ``tensors`` (by :func:`_with_ranges`)."""
+    graph = _graph(model_bytes).subgraphs[0]
     return (np.array([graph.tensors[t].quantization.min[0] for t in tensors], np.float64),
             np.array([graph.tensors[t].quantization.max[0] for t in tensors], np.float64))
 
 
-def _with_ranges(calibrated: bytes, tensors: list[int], lo, hi) -> bytes:
+def _with_ranges(model_bytes: bytes, tensors: list[int], lo, hi) -> bytes:
+    """``model_bytes`` with a min/max range written into each of ``tensors``: what TF's
+    calibrator leaves in a calibrated model, and what its quantizer reads."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
     graph = model.subgraphs[0]
     for t, a, b in zip(tensors, lo, hi):
-        graph.tensors[t].quantization.min = [float(a)]
-        graph.tensors[t].quantization.max = [float(b)]
+        q = graph.tensors[t].quantization or flatbuffer_utils.schema_fb.QuantizationParametersT()
+        q.min, q.max = [float(a)], [float(b)]
+        graph.tensors[t].quantization = q
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

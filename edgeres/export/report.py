@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.export.convert import Format, Int8Ranges, _converter, _quiet, representative_dataset
+from edgeres.export.convert import Int8Ranges, _quiet, representative_dataset
 from edgeres.export.quantize import debug_model
 from edgeres.files import atomic_path
 
@@ -35,10 +35,7 @@ def layer_error_report(model, ranges: Int8Ranges, calibration_set, size: int, ou
         options = tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"clipped_fraction": _clipped_fraction,
                                           "in_range_rmse_over_scale": _in_range_rmse_over_scale})
-        converter = _converter(model, Format.INT8, calibration_set, size)
-        # One image makes the calibrated graph; every range in it is then replaced by the export's.
-        converter.representative_dataset = representative_dataset(calibration_set, size, 1)
-        debug, _ = debug_model(converter, ranges.by_name())
+        debug = debug_model(ranges.float_model, ranges.by_name())
         debugger = tf.lite.experimental.QuantizationDebugger(
             quant_debug_model_content=debug,
             debug_dataset=representative_dataset(calibration_set, size, images), debug_options=options)

@@ -33,7 +33,7 @@ EXTRAS = {
 }
 NEEDS = ("train", "gpu", "camera", "mediapipe")
 PACKAGES = ("edgeres", "numpy", "pillow", "ai-edge-litert", "tflite-runtime", "tensorflow", "tensorflow-cpu",
-            "keras", "opencv-python", "opencv-python-headless", "opencv-contrib-python", "matplotlib", "mediapipe")
+            "ai-edge-quantizer", "keras", "opencv-python", "opencv-python-headless", "opencv-contrib-python", "matplotlib", "mediapipe")
 MEDIAPIPE_ENV = "EDGERES_MEDIAPIPE_PYTHON"
 MEDIAPIPE_FIX = (f"python3 -m venv .venv-mediapipe && .venv-mediapipe/bin/pip install mediapipe pillow, then "
                  f"export {MEDIAPIPE_ENV}=$PWD/.venv-mediapipe/bin/python (its own venv: MediaPipe's "
@@ -211,6 +211,9 @@ def _findings(report: dict, need: set[str]) -> tuple[list[dict], list[dict]]:
     elif not tf_info["installed"]:
         add("train" in need or "gpu" in need, "TensorFlow is not installed: train and export need it",
             EXTRAS["train"])
+    if tf_info["installed"] and not report.get("packages", {}).get("ai-edge-quantizer"):
+        add("train" in need or "gpu" in need, "ai-edge-quantizer (the LiteRT Quantizer) is not installed: "
+            "export --int8 needs it", EXTRAS["train"])
     unused = gpu_unused_by_tensorflow(report["nvidia"], tf_info)
     if unused:
         add("gpu" in need, unused.split("; ")[0], unused.split("; ", 1)[1])

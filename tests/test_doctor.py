@@ -109,6 +109,22 @@ def test_missing_camera_extra_is_named(monkeypatch):
     assert [p["fix"] for p in report["problems"]] == ["pip install 'edgeres[camera]'"]
 
 
+def test_missing_quantizer_is_named_for_train(monkeypatch):
+    """Without ai-edge-quantizer, --need train fails naming it and the extra that brings it, and
+    an int8 export says the same in one line instead of an ImportError."""
+    from edgeres import doctor
+    from edgeres.export.quantize import QuantizeError, quantize
+
+    real = doctor._package_versions
+    monkeypatch.setattr(doctor, "_package_versions", lambda: {**real(), "ai-edge-quantizer": None})
+    report = doctor.diagnose(need=("train",), cameras=[])
+    assert report["ok"] is False
+    assert any("ai-edge-quantizer" in p["what"] and "edgeres[train]" in p["fix"] for p in report["problems"])
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)
+    with pytest.raises(QuantizeError, match=r"edgeres\[train\]"):
+        quantize(b"", {})
+
+
 def test_gpu_unused_message_and_findings(report):
     from edgeres.doctor import _findings, gpu_unused_by_tensorflow
 

@@ -78,7 +78,11 @@ def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, floa
     (tensor name -> (lo, hi)): per-channel int8 weights, int8 activations, uint8 input and
     output. Ops whose output tensor name contains one of ``float_layers`` stay float (the
     quantizer puts DEQUANTIZE/QUANTIZE around them and keeps the uint8 interface)."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe
+    try:
+        from ai_edge_quantizer import qtyping, quantizer, recipe
+    except ImportError as e:
+        raise QuantizeError(f"int8 export needs the LiteRT Quantizer ({e}): pip install 'edgeres[train]' "
+                            f"(or pip install ai-edge-quantizer==0.10.0)") from e
 
     q = quantizer.Quantizer(bytes(float_model))
     q.load_quantization_recipe(recipe.static_wi8_ai8())  # int8 activations, per-channel int8 weights

@@ -114,7 +114,7 @@ def versions() -> dict[str, str]:
     import platform
 
     out = {"python": platform.python_version()}
-    for dist in ("edgeres", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "numpy", "pillow"):
+    for dist in ("edgeres", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "ai-edge-quantizer", "numpy", "pillow"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

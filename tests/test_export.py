@@ -65,6 +65,7 @@ def test_bundle_describes_itself(tiny_bundle):
     assert meta["calibration"]["sha256"] == manifest.sha256
     assert meta["calibration"]["per_class"] == {"cats": 32, "dogs": 32}
     assert "tensorflow" in meta["versions"] or "tensorflow-cpu" in meta["versions"]
+    assert meta["versions"]["ai-edge-quantizer"]  # what made the int8 model
     for name in ("model_int8.tflite", "model_float32.tflite"):
         assert read_labels(tiny_bundle / name) == ["cats", "dogs"]
         embedded = json.loads(read_metadata(tiny_bundle / name)["extra_json"])

@@ -41,33 +41,27 @@ VARIANTS = {
 
 
 def build(float_model: bytes, ranges: dict, spec) -> bytes:
-    from ai_edge_quantizer import qtyping, quantizer, recipe
+    """edgeres's int8 model (``edgeres.export.quantize``) with ``spec``'s recipe changes on top."""
+    from ai_edge_quantizer import qtyping, recipe
 
-    from edgeres import tflite
+    from edgeres.export.quantize import quantize
 
-    q = quantizer.Quantizer(float_model)
-    q.load_quantization_recipe(recipe.static_wi8_ai8())
-    u8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=False, granularity=qtyping.QuantGranularity.TENSORWISE,
-                                          dtype=qtyping.TensorDataType.UINT)
-    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-        q.update_quantization_recipe(".*", op, qtyping.OpQuantizationConfig(
-            activation_tensor_config=u8, compute_precision=qtyping.ComputePrecision.INTEGER))
-    for regex, what in spec:
-        if what == "float":
-            q.update_quantization_recipe(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                         algorithm_key="no_quantize")
-        elif what == "a16":
-            q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                activation_num_bits=16, weight_num_bits=8)
-        elif what.endswith(" weights"):
-            key = {"mse": "MSE", "octav": "OCTAV"}[what.split()[0]]
-            q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                activation_num_bits=8, weight_num_bits=8, algorithm_key=key)
-        elif what == "weights":
-            q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
-    qsvs = {n: {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)} for n, (lo, hi) in ranges.items()}
-    res = q.quantize(calibration_result=qsvs, enable_progress_report=False)
-    return tflite.inline_buffers(bytes(res.quantized_model))
+    def configure(q) -> None:
+        for regex, what in spec:
+            if what == "float":
+                q.update_quantization_recipe(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                             algorithm_key="no_quantize")
+            elif what == "a16":
+                q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                    activation_num_bits=16, weight_num_bits=8)
+            elif what.endswith(" weights"):
+                key = {"mse": "MSE", "octav": "OCTAV"}[what.split()[0]]
+                q.add_static_config(regex=regex, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                    activation_num_bits=8, weight_num_bits=8, algorithm_key=key)
+            elif what == "weights":
+                q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+
+    return quantize(float_model, ranges, configure=configure)
 
 
 def run_model(blob: bytes, photos: list[np.ndarray]) -> np.ndarray:

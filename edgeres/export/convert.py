@@ -79,11 +79,10 @@ def convert(model, fmt: Format, calibration_set=None, size: int = 224, *, float_
 
 @dataclass(frozen=True)
 class Int8Ranges:
-    """The activation ranges an int8 model was built with: one ``(lo, hi)`` per tensor of the
-    float32 model they were measured on (by index and name)."""
+    """The activation ranges an int8 model was built with: one ``(lo, hi)`` per activation
+    tensor of the float32 model they were measured on, by tensor name."""
 
     float_model: bytes
-    tensors: list[int]
     names: list[str]
     lo: np.ndarray
     hi: np.ndarray
@@ -155,7 +154,7 @@ def calibrate_model(model, calibration_set, size: int, *, ranges: Ranges | str =
     if pixels in tensors:
         lo[tensors.index(pixels)], hi[tensors.index(pixels)] = 0.0, 255.0
     names = tflite.tensor_names(float_model)
-    return Int8Ranges(float_model, tensors, [names[t] for t in tensors], np.asarray(lo), np.asarray(hi))
+    return Int8Ranges(float_model, [names[t] for t in tensors], np.asarray(lo), np.asarray(hi))
 
 
 class _quiet:

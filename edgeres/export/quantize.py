@@ -73,11 +73,13 @@ def softmax_inputs(float_model: bytes, tensors: list[int]) -> list[int]:
 # -- the int8 model: LiteRT Quantizer, public API ----------------------------------------------
 
 
-def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, float_layers=()) -> bytes:
+def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, float_layers=(),
+             configure=None) -> bytes:
     """Full-integer int8 model from ``float_model`` with the activation ``ranges`` given
     (tensor name -> (lo, hi)): per-channel int8 weights, int8 activations, uint8 input and
     output. Ops whose output tensor name contains one of ``float_layers`` stay float (the
-    quantizer puts DEQUANTIZE/QUANTIZE around them and keeps the uint8 interface)."""
+    quantizer puts DEQUANTIZE/QUANTIZE around them and keeps the uint8 interface).
+    ``configure(quantizer)``, if given, changes the recipe last (benchmarks/dp_sources.py)."""
     try:
         from ai_edge_quantizer import qtyping, quantizer, recipe
     except ImportError as e:
@@ -97,6 +99,8 @@ def quantize(float_model: bytes, ranges: dict[str, tuple[float, float]], *, floa
     for layer in float_layers:
         q.update_quantization_recipe(regex=re.escape(layer), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      algorithm_key="no_quantize")
+    if configure is not None:
+        configure(q)
     qsvs = {name: {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
             for name, (lo, hi) in ranges.items()}
     try:
@@ -122,19 +126,6 @@ def debug_model(float_model: bytes, ranges: dict[str, tuple[float, float]]) -> b
         raise QuantizeError(f"No range for {len(missing)} tensor(s), e.g. {missing[:2]}")
     lo, hi = zip(*(ranges[names[t]] for t in tensors))
     return mlir_quantize(_with_ranges(float_model, tensors, lo, hi), enable_numeric_verify=True)
-
-
-def _graph(model_bytes: bytes):
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.convert_bytearray_to_object(model_bytes)
-
-
-def _ranges_of(model_bytes: bytes, tensors: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The min/max ranges written into ``tensors`` (by :func:`_with_ranges`)."""
-    graph = _graph(model_bytes).subgraphs[0]
-    return (np.array([graph.tensors[t].quantization.min[0] for t in tensors], np.float64),
-            np.array([graph.tensors[t].quantization.max[0] for t in tensors], np.float64))
 
 
 def _with_ranges(model_bytes: bytes, tensors: list[int], lo, hi) -> bytes:

@@ -112,8 +112,16 @@ def test_too_few_classes_and_empty_class_are_errors(small_dataset, tmp_path):
         data_lib.scan(root, progress=False)
 
 
+def _deep(root: Path) -> Path:
+    work = root / "w" / "x" / "y"
+    work.mkdir(parents=True)
+    return work
+
+
 def test_offline_download_names_data_option(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # no shared/data copy above the working folder
+    # No shared/data copy above the working folder: the search looks 4 folders up, all inside
+    # tmp_path here (tmp_path itself may sit beside a shared/ folder, e.g. /tmp/shared).
+    monkeypatch.chdir(_deep(tmp_path))
     monkeypatch.delenv(data_lib.DATA_ENV, raising=False)
     monkeypatch.setattr(data_lib, "CATS_DOGS_URL", "http://127.0.0.1:9/cats_and_dogs_filtered.zip")
     monkeypatch.setenv("KERAS_HOME", "/nonexistent-edgeres-test")  # no cached copy
@@ -195,7 +203,7 @@ def test_data_resolution_order_and_mocked_download(monkeypatch, tmp_path, small_
     """--data, $EDGERES_DATA, a local copy (Keras cache, ./data, shared/data above), the download."""
     import keras
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(_deep(tmp_path))  # the 4 folders searched for shared/data end at tmp_path
     monkeypatch.delenv(data_lib.DATA_ENV, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     archive = tmp_path / "download" / "cats_and_dogs_filtered"

@@ -105,6 +105,25 @@ class Backend(Protocol):
     def run(self, tensor: np.ndarray) -> np.ndarray: ...
 
 
+class Kernels(str, Enum):
+    """Which CPU kernels LiteRT runs an int8 model with. They do not compute identically
+    (``benchmarks/cross_runtime.md``): XNNPACK is LiteRT's default on x86 and ARM; ``builtin`` is
+    LiteRT's reference-grade built-in kernels (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``),
+    what a runtime without XNNPACK computes."""
+
+    XNNPACK = "xnnpack"
+    BUILTIN = "builtin"
+
+
+def op_resolver(kernels: "Kernels | str"):
+    """The ``experimental_op_resolver_type`` for ``kernels`` (None: LiteRT's default, XNNPACK)."""
+    if Kernels(kernels) is Kernels.XNNPACK:
+        return None
+    from ai_edge_litert.interpreter import OpResolverType
+
+    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
 def litert_interpreter():
     """``(Interpreter, load_delegate, source)`` from ai-edge-litert, else tflite_runtime."""
     try:

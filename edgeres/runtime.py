@@ -30,8 +30,8 @@ import numpy as np
 
 from edgeres._stderr import captured_stderr as _captured_stderr
 from edgeres.accelerators import (MAX_THREADS_PER_CORE, SELF_CHECK_TOLERANCE, Accelerator, AcceleratorError,
-                                  Backend, CompiledModelBackend, InterpreterBackend, SelfCheck,
-                                  check_delegate_library, delegate_backend, litert_interpreter,
+                                  Backend, CompiledModelBackend, InterpreterBackend, Kernels, SelfCheck,
+                                  check_delegate_library, delegate_backend, litert_interpreter, op_resolver,
                                   output_activation, parse_accelerator, resolve_threads)
 from edgeres.accelerators import echo_litert_logs as _echo_litert_logs
 from edgeres.accelerators import first_line as _first_line
@@ -47,7 +47,7 @@ from edgeres.preprocess import ImageInput, Resize, resize_of, to_pixels
 __all__ = [
     "BUNDLE_JSON", "BUNDLE_PREFERENCE", "GPU_PREFERENCE", "MAX_BUNDLE_PROBES", "MAX_THREADS_PER_CORE", "PROBES_FILE",
     "PROBE_SEED", "SELF_CHECK_TOLERANCE", "SYNTHETIC_PROBES", "Accelerator", "AcceleratorError", "Backend",
-    "Classifier", "CompiledModelBackend", "InterpreterBackend", "ModelError", "Prediction", "SelfCheck",
+    "Classifier", "CompiledModelBackend", "InterpreterBackend", "Kernels", "ModelError", "Prediction", "SelfCheck",
     "bundle_info", "check_accelerator", "check_delegate_library", "litert_interpreter", "load_probes",
     "parse_accelerator", "resolve_model", "resolve_threads", "synthetic_probes", "write_probes",
 ]
@@ -86,6 +86,7 @@ class Classifier:
         strict: bool = False,
         variant: str | None = None,
         backend: Backend | None = None,
+        kernels: Kernels | str = Kernels.XNNPACK,
         log=None,
     ):
         """``accelerator``: auto | cpu | gpu. ``delegate``: an external delegate library (.so).
@@ -93,9 +94,11 @@ class Classifier:
         interpreter is self-checked against it at load; ``strict`` raises AcceleratorError where
         the default falls back to CPU with one line on ``log`` (default: stderr).
         ``variant``: which model of a bundle (int8, float16, float32, dynamic); default int8 on
-        CPU, float16 on the GPU."""
+        CPU, float16 on the GPU. ``kernels``: the CPU kernels, ``xnnpack`` (LiteRT's default) or
+        ``builtin`` (LiteRT's built-in kernels, as a runtime without XNNPACK computes)."""
         t0 = time.perf_counter()
         self._log = log or _stderr_log
+        self.kernels = Kernels(kernels)
         accelerator = parse_accelerator(accelerator)
         self.threads = resolve_threads(threads, self._log)
         named = [x for x, on in (("--accelerator gpu", accelerator is Accelerator.GPU),
@@ -149,7 +152,9 @@ class Classifier:
         Interpreter, self._load_delegate, self.runtime = litert_interpreter()
         with _captured_stderr() as logs:
             try:
-                self._interpreter = Interpreter(model_content=data, num_threads=self.threads)
+                resolver = op_resolver(self.kernels)
+                extra = {} if resolver is None else {"experimental_op_resolver_type": resolver}
+                self._interpreter = Interpreter(model_content=data, num_threads=self.threads, **extra)
                 self._interpreter.allocate_tensors()
                 error = None
             except (ValueError, RuntimeError) as e:
@@ -168,7 +173,8 @@ class Classifier:
         self.output_activation = output_activation(self._interpreter, self._out[0]["index"])
         self.labels = model_labels(path, data, int(self._out[0]["shape"][1]), self._log)
         self.resize = self._resize(data)
-        self._cpu = InterpreterBackend(self._interpreter, f"CPU (XNNPACK, {self.threads} threads)")
+        kernels = "XNNPACK" if self.kernels is Kernels.XNNPACK else "built-in kernels"
+        self._cpu = InterpreterBackend(self._interpreter, f"CPU ({kernels}, {self.threads} threads)")
         self._backend, self.backend = self._cpu, self._cpu.name
 
     def _check_signature(self) -> None:

@@ -30,8 +30,9 @@ class ClientError(RuntimeError):
     """A client that is missing or failed; the message says how to get or fix it."""
 
 
-# Runs inside the MediaPipe interpreter: reads {"model", "images", "pixels"} on stdin, writes one
-# JSON line per image: {"i", "scores"} (scores indexed by class) or {"i", "error"}.
+# Runs inside the MediaPipe interpreter: reads {"model", "images", "pixels", "default_options"} on
+# stdin, writes one JSON line per image: {"i", "scores"} (scores indexed by class; [] when MediaPipe
+# returned no category) or {"i", "error"}.
 _WORKER = r"""
 import json, sys
 import numpy as np
@@ -39,8 +40,9 @@ import mediapipe as mp
 from mediapipe.tasks.python import BaseOptions, vision
 
 job = json.loads(sys.stdin.read())
-options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=job["model"]),
-                                        max_results=-1, score_threshold=0.0)
+base = BaseOptions(model_asset_path=job["model"])
+options = (vision.ImageClassifierOptions(base_options=base) if job.get("default_options") else
+           vision.ImageClassifierOptions(base_options=base, max_results=-1, score_threshold=0.0))
 pixels = np.load(job["pixels"]) if job.get("pixels") else None
 with vision.ImageClassifier.create_from_options(options) as clf:
     for i, path in enumerate(job["images"]):
@@ -50,7 +52,7 @@ with vision.ImageClassifier.create_from_options(options) as clf:
             else:
                 image = mp.Image.create_from_file(path)
             cats = clf.classify(image).classifications[0].categories
-            scores = [0.0] * (max(c.index for c in cats) + 1)
+            scores = [0.0] * (max(c.index for c in cats) + 1) if cats else []
             for c in cats:
                 scores[c.index] = float(c.score)
             print(json.dumps({"i": i, "scores": scores}), flush=True)
@@ -74,16 +76,20 @@ def find_mediapipe_python() -> str | None:
 
 
 def mediapipe_scores(model: str | Path, images: list[str | Path], *, pixels: np.ndarray | None = None,
-                     python: str | None = None, timeout: float | None = None) -> list[np.ndarray | str]:
+                     python: str | None = None, timeout: float | None = None,
+                     default_options: bool = False) -> list[np.ndarray | str]:
     """MediaPipe ImageClassifier's scores for each image (from the file, as an app would), or
-    for the given ``pixels`` ``[N, H, W, 3]`` when set; an ``str`` error where an image failed."""
+    for the given ``pixels`` ``[N, H, W, 3]`` when set; an ``str`` error where an image failed.
+    Every class's score, unless ``default_options``: then the options an app gets by default,
+    which drop categories below the model's ScoreThresholdingOptions (an empty array: no category)."""
     import tempfile
 
     python = python or find_mediapipe_python()
     if python is None:
         raise ClientError(f"MediaPipe is not available. To check the model in MediaPipe: {MEDIAPIPE_HOWTO}.")
     with tempfile.TemporaryDirectory() as tmp:
-        job = {"model": str(Path(model).resolve()), "images": [str(Path(p).resolve()) for p in images]}
+        job = {"model": str(Path(model).resolve()), "images": [str(Path(p).resolve()) for p in images],
+               "default_options": default_options}
         if pixels is not None:
             job["pixels"] = str(Path(tmp) / "pixels.npy")
             np.save(job["pixels"], pixels)

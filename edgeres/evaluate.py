@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeres import uncertain
 from edgeres.data import check_data_dir, DataError, find_layout
 from edgeres.preprocess import ImageError, decode, to_pixels
 from edgeres.runtime import Classifier
@@ -45,6 +46,12 @@ class Evaluation:
     disagreements: dict[str, list[dict]] = field(default_factory=dict, repr=False)
     # 99th percentile over images of the largest |score difference| of an image: the tail an app shows.
     p99_abs_prob_diff: dict[str, float] = field(default_factory=dict)
+    # Each model's scores [n, classes] in the dataset's class order, and the n image paths: what the
+    # uncertain band (edgeres.export.band) is measured on.
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    paths: tuple[str, ...] = field(default=(), repr=False)
+    truth: tuple[int, ...] = field(default=(), repr=False)
+    uncertain_below: dict[str, float | None] = field(default_factory=dict)  # each model's band (metadata)
 
     def to_dict(self) -> dict:
         models = [{"path": m.path, "backend": m.backend, "n": m.n, "accuracy": m.accuracy,
@@ -56,11 +63,12 @@ class Evaluation:
         return {"classes": list(self.classes), "models": models, "agreement": agreement,
                 "agreement_by_model": self.agreement, "mean_abs_prob_diff": self.mean_abs_prob_diff,
                 "p99_abs_prob_diff": self.p99_abs_prob_diff,
-                "disagreements": self.disagreements,
+                "disagreements": self.disagreements, "uncertain": uncertain.summarize(self),
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
     def save_report(self, out_dir: str | Path) -> Path:
-        """report.json, misclassified.csv, disagreements.csv and a confusion-matrix PNG per model."""
+        """report.json, misclassified.csv, disagreements.csv, a confusion-matrix PNG per model and
+        risk_coverage.png (error rate against the share answered, each model's band marked)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -79,6 +87,7 @@ class Evaluation:
         try:
             for i, m in enumerate(self.models):
                 plot_confusion(m, self.classes, out / f"confusion_{i}_{Path(m.path).stem}.png")
+            uncertain.plot_risk_coverage(self, out / "risk_coverage.png")
         except ImportError:
             (out / "README.txt").write_text("Install matplotlib for confusion-matrix PNGs.\n")
         return out
@@ -152,9 +161,11 @@ def compare(
         raise DataError("None of the images could be decoded; nothing to evaluate.")
     truth = np.array([label for _, label in kept])
     paths = [str(p) for p, _ in kept]
-    results, agreement, diff, p99, disagreements = [], {}, {}, {}, {}
+    results, agreement, diff, p99, disagreements, scores = [], {}, {}, {}, {}, {}
     for k, clf in enumerate(classifiers):
         pred = np.array(preds[k])
+        scores[str(clf.path)] = np.zeros((len(kept), len(classes)), np.float32)
+        scores[str(clf.path)][:, mapping[k]] = np.array(probs[k])  # names were matched one to one
         results.append(_score(str(clf.path), clf.backend, truth, pred, probs[k], paths, classes, lat[k]))
         if k > 0:
             key = str(clf.path)
@@ -166,7 +177,9 @@ def compare(
                 p99[key] = float(np.percentile(abs_diff.max(axis=1), 99))
             disagreements[key] = [{"path": paths[i], "reference": classes[ref[i]], "other": classes[pred[i]]}
                                   for i in np.flatnonzero(ref != pred)]
-    return Evaluation(tuple(classes), tuple(results), tuple(skipped), agreement, diff, disagreements, p99)
+    return Evaluation(tuple(classes), tuple(results), tuple(skipped), agreement, diff, disagreements, p99,
+                      scores, tuple(paths), tuple(int(t) for t in truth),
+                      {str(c.path): c.uncertain_below for c in classifiers})
 
 
 def _label_map(clf: Classifier, classes: tuple[str, ...]) -> list[int]:

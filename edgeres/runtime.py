@@ -60,6 +60,7 @@ class Prediction:
     score: float
     probabilities: np.ndarray = field(repr=False)
     latency_ms: float  # set input + invoke + read output
+    uncertain: bool = False  # top score below the model's uncertain band (Classifier.uncertain_below)
 
     def top_k(self, k: int, labels: tuple[str, ...]) -> list[tuple[str, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -67,7 +68,7 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "index": self.index, "score": round(self.score, 6),
-                "latency_ms": round(self.latency_ms, 3)}
+                "latency_ms": round(self.latency_ms, 3), "uncertain": self.uncertain}
 
 
 # -- the classifier --------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Classifier:
         self.output_dtype = np.dtype(self._out[0]["dtype"])
         self.output_activation = output_activation(self._interpreter, self._out[0]["index"])
         self.labels = model_labels(path, data, int(self._out[0]["shape"][1]), self._log)
-        self.resize = self._resize(data)
+        self.resize, self.uncertain_below = self._read_record(data)
         kernels = "XNNPACK" if self.kernels is Kernels.XNNPACK else "built-in kernels"
         self._cpu = InterpreterBackend(self._interpreter, f"CPU ({kernels}, {self.threads} threads)")
         self._backend, self.backend = self._cpu, self._cpu.name
@@ -189,17 +190,20 @@ class Classifier:
         if np.dtype(self._inp[0]["dtype"]) not in (np.uint8, np.int8, np.float32):
             raise ModelError(f"{self.path}: unsupported input dtype {self._inp[0]['dtype']}.")
 
-    def _resize(self, data: bytes) -> Resize:
+    def _read_record(self, data: bytes) -> tuple[Resize, float | None]:
         """The resize the model was validated with: from its embedded edgeres record, else the
-        bundle's edgeres.json, else the default rule (what MediaPipe does with a bare model)."""
+        bundle's edgeres.json, else the default rule (what MediaPipe does with a bare model). And
+        its uncertain band: the top score below which an answer is uncertain, from the output's
+        ScoreThresholdingOptions (as MediaPipe reads it); None: no band. An app may set
+        ``uncertain_below`` itself."""
         from edgeres.metadata import read_metadata
 
         try:
-            extra = (read_metadata(data) or {}).get("extra_json")
-            info = json.loads(extra) if extra else None
+            metadata = read_metadata(data) or {}
+            info = json.loads(metadata["extra_json"]) if metadata.get("extra_json") else None
         except (ValueError, TypeError):
-            info = None
-        return resize_of(info or bundle_info(self.path) or None)
+            metadata, info = {}, None
+        return resize_of(info or bundle_info(self.path) or None), metadata.get("score_threshold")
 
     def _warn_if_failed_bundle(self) -> None:
         info = bundle_info(self.path)
@@ -290,7 +294,8 @@ class Classifier:
         probs = self.dequantize_output(raw)
         latency = (time.perf_counter() - t0) * 1e3
         i = int(np.argmax(probs))
-        return Prediction(self.labels[i], i, float(probs[i]), probs, latency)
+        below = self.uncertain_below is not None and float(probs[i]) < self.uncertain_below
+        return Prediction(self.labels[i], i, float(probs[i]), probs, latency, below)
 
     def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
         """Map uint8 pixels to the model's input tensor ``[1, H, W, 3]`` (exact for edgeres int8)."""
@@ -358,7 +363,8 @@ class Classifier:
                           "scale": scale, "zero_point": zero},
                 "output": {"classes": len(self.labels), "dtype": self.output_dtype.name,
                            "scale": oscale, "zero_point": ozero, "activation": self.output_activation},
-                "labels": list(self.labels), "load_ms": round(self.load_ms, 2),
+                "labels": list(self.labels), "uncertain_below": self.uncertain_below,
+                "load_ms": round(self.load_ms, 2),
                 "self_check": self.self_check.to_dict() if self.self_check else None,
                 "accelerator_note": self.accelerator_note}
 

@@ -180,6 +180,8 @@ def test_model_without_metadata(models):
     ({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, "1 or 3"),
     ({"mean": [0.0], "std": [1.0, 1.0, 1.0]}, "1 or 3"),
     ({"std": [1.0, 0.0, 1.0]}, "non-zero"),
+    ({"score_threshold": 1.0}, "score_threshold"),
+    ({"score_threshold": float("nan")}, "score_threshold"),
 ])
 def test_invalid_arguments(models, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -359,6 +361,29 @@ def test_independent_reader_sees_every_field(models, kind):
         "output_stats": output_stats,
         "output_files": [("labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS)],
     }
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_score_threshold_is_the_outputs_score_thresholding_options(models, kind):
+    """The uncertain band (issue 26) as the schema's generated reader sees it: one process unit
+    on the output tensor, ScoreThresholdingOptions, global_score_threshold as float32; the model's
+    computation is unchanged; edgeres reads the same value back, and None when there is none."""
+    fb = _generated_schema()
+    blob = _embed(models[kind], score_threshold=0.58)
+    model = tfl.Model.GetRootAs(blob, 0)
+    entry = next(model.Metadata(i) for i in range(model.MetadataLength())
+                 if model.Metadata(i).Name() == b"TFLITE_METADATA")
+    md_ = fb.ModelMetadata.GetRootAs(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes(), 0)
+    out = md_.SubgraphMetadata(0).OutputTensorMetadata(0)
+    assert out.ProcessUnitsLength() == 1
+    unit = out.ProcessUnits(0)
+    assert unit.OptionsType() == fb.ProcessUnitOptions.ScoreThresholdingOptions
+    assert _union(fb.ScoreThresholdingOptions, unit.Options()).GlobalScoreThreshold() == np.float32(0.58)
+    assert read_metadata(blob)["score_threshold"] == np.float32(0.58)
+    assert read_metadata(_embed(models[kind]))["score_threshold"] is None
+    assert _independent_read(blob)["normalization"] == _independent_read(_embed(models[kind]))["normalization"]
+    x = np.random.default_rng(1).integers(0, 256, (1, SIZE, SIZE, 3))
+    np.testing.assert_array_equal(_run(blob, x), _run(models[kind], x))
 
 
 def test_independent_reader_catches_a_wrong_slot(models, monkeypatch):

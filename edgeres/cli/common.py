@@ -146,8 +146,10 @@ def _print_predictions(rows, clf, top_k: int) -> None:
     if top_k > 1:
         table.add_column(f"top {top_k}")
     table.add_column("ms", justify="right")
+    if clf.uncertain_below is not None:  # the model's uncertain band (edgeres export measured it)
+        table.caption = f"not sure: top score below {clf.uncertain_below:.3g}, where paths may disagree"
     for f, pred in rows:
-        cells = [str(f), pred.label, f"{pred.score:.3f}"]
+        cells = [str(f), f"{pred.label} (not sure)" if pred.uncertain else pred.label, f"{pred.score:.3f}"]
         if top_k > 1:
             cells.append(", ".join(f"{lbl} {s:.2f}" for lbl, s in pred.top_k(top_k, clf.labels)))
         table.add_row(*cells, f"{pred.latency_ms:.1f}")

@@ -147,6 +147,13 @@ def evaluate(
             typer.echo(f"agreement with {names[ev.models[0].path]}: {names.get(other, other)} {agree:.2%} "
                        f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}, "
                        f"p99 |dp| {ev.p99_abs_prob_diff.get(other, float('nan')):.4f}")
+        for name, u in ev.to_dict()["uncertain"].items():  # the models' uncertain bands (edgeres export)
+            if u["threshold"] is not None:
+                pct = lambda x: "n/a" if x is None else f"{x:.2%}"  # noqa: E731
+                typer.echo(f"{names.get(name, name)}: not sure below top score {u['threshold']:.3g}: flags {u['flagged']:.1%}; "
+                           f"accuracy on confident answers {pct(u['accuracy_confident'])} (all {u['accuracy']:.2%})"
+                           + (f"; agreement on confident {pct(u['agreement_confident'])}, {u['disagreements_outside']} "
+                              f"disagreement(s) outside the band" if "agreement_confident" in u else ""))
         for check in checks:
             typer.echo(f"{_short_names([check.model])[0]}: {check.summary()}")
         if ev.skipped:

@@ -118,6 +118,7 @@ def export_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing bundle; only a folder edgeres exported (edgeres.json and the files it writes) is ever replaced.")] = False,
     layer_report: Annotated[bool, typer.Option(help="Per-layer int8 error report (layer_errors.csv/.png).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for drawing the calibration set.")] = 0,
+    uncertain_below: Annotated[Optional[str], typer.Option(metavar="T|off", help="Call an answer uncertain when its top score is below T (above 1/classes, below 1) instead of the band measured at export across float32, float16 and int8 on XNNPACK and the built-in kernels; 'off': no band. Written into each .tflite, where MediaPipe's ImageClassifier drops uncertain answers by default.")] = None,
 ):
     """Export a run to .tflite and verify it: int8 (default), float32, float16, dynamic range.
 
@@ -147,7 +148,7 @@ def export_cmd(
                                 calibration_size=calibration_size, max_drop=max_drop, force=force,
                                 float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
                                 ranges=ranges, verify_limit=verify_limit, resize=resize, client_check=client_check, layer_report=layer_report, seed=seed,
-                                log=lambda m: typer.echo(m, err=True))
+                                uncertain_below=uncertain_below, log=lambda m: typer.echo(m, err=True))
             except QuantizationCheckFailed as e:
                 typer.echo(e.report.summary())
                 typer.secho(f"error: {e}", fg="red", err=True)

@@ -44,7 +44,8 @@ from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_S
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
 from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
-from edgeres.export.verify import client_checks, verify  # noqa: E402
+from edgeres.export.band import check_setting, export_band, summary_line  # noqa: E402
+from edgeres.export.verify import client_checks, verify, verify_scores  # noqa: E402,F401
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
 
@@ -65,6 +66,7 @@ class ExportConfig:
     client_check: bool | None = False  # MediaPipe too; None: when it is found (the CLI default)
     layer_report: bool = True
     seed: int = 0  # of the calibration draw
+    uncertain_below: float | str | None = None  # None: the uncertain band measured at export; "off"; a threshold
 
     def __post_init__(self):
         # Strings from the CLI or JSON become the enums; a bad value fails here, naming it.
@@ -106,6 +108,7 @@ class ExportReport:
     seconds: dict[str, float] = field(default_factory=dict)
     worst_layers: list[dict] = field(default_factory=list)
     ranges: str = DEFAULT_RANGES.value
+    uncertain: dict = field(default_factory=dict)  # edgeres.json's "uncertain" band
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -119,6 +122,8 @@ class ExportReport:
                          f"{v['accuracy_drop_pp']:+.2f} pp, score |dp| mean {v['mean_abs_prob_diff']:.4f} "
                          f"p99 {v.get('p99_abs_prob_diff', float('nan')):.4f}, size ratio {v['size_ratio']:.3f}  "
                          f"(n={v['n']})")
+        if self.uncertain:
+            lines.append(f"  {summary_line(self.uncertain)}")
         logits = logits_clipped(self.worst_layers)
         if logits is not None:
             lines.append(f"  logits clipped by the int8 range: {logits:.1%} of values (layer report)")
@@ -153,6 +158,7 @@ def export(
     check_replaceable(out, run_dir, force=force)
     clean_stale_partials(out)
     labels, size = run["labels"], run["train"]["image_size"]
+    config = dataclasses.replace(config, uncertain_below=check_setting(config.uncertain_below, len(labels)))
     trained_with = run_resize(run["train"])
     resize = config.resize if config.resize is not None else trained_with
     config = dataclasses.replace(config, resize=resize)
@@ -235,8 +241,13 @@ def export(
 
         t = time.perf_counter()
         log(f"Verifying {len(files)} model(s) with LiteRT on the validation split ...")
-        verification = verify(tmp, files, dataset, limit=config.verify_limit, threads=threads, progress=progress)
+        verification, evaluation = verify_scores(tmp, files, dataset, limit=config.verify_limit, threads=threads,
+                                                 progress=progress)
         timings["verify"] = time.perf_counter() - t
+        t = time.perf_counter()
+        meta["uncertain"] = export_band(tmp, files, evaluation, config.uncertain_below, threads=threads,
+                                        runtimes=meta.get("runtimes"), log=log)
+        timings["uncertain_band"] = time.perf_counter() - t
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
@@ -270,7 +281,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
-                          meta["seconds"], worst, ranges.value)
+                          meta["seconds"], worst, ranges.value, meta["uncertain"])
     if not passed:
         raise QuantizationCheckFailed(report)
     return report

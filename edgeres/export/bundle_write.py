@@ -28,7 +28,8 @@ def _write_models(tmp: Path, files: dict, meta: dict, labels, size: int) -> dict
                         f"{size}x{size}, 0..255, normalisation inside the graph. Resize: "
                         f"{meta['input']['resize_rule']}.",
             input_size=size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
-            version=meta["versions"].get("edgeres", ""), extra_json=extra)
+            version=meta["versions"].get("edgeres", ""), extra_json=extra,
+            score_threshold=(meta.get("uncertain") or {}).get("threshold"))  # the uncertain band (export/band.py)
         write_bytes_atomic(tmp / info["file"], blob)
         sizes[fmt] = len(blob)
     return sizes

@@ -12,6 +12,13 @@ from edgeres.export.convert import ExportError
 def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None = None,
            threads: int | None = None, progress: bool = False) -> dict:
     """Each exported model through LiteRT on the validation split; int8 against float32."""
+    return verify_scores(bundle, files, dataset, limit=limit, threads=threads, progress=progress)[0]
+
+
+def verify_scores(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None = None,
+                  threads: int | None = None, progress: bool = False):
+    """:func:`verify`, and the Evaluation it made (every model's scores on every photo: what the
+    uncertain band is measured on)."""
     from edgeres.evaluate import compare
     from edgeres.runtime import Classifier
 
@@ -36,7 +43,7 @@ def verify(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int |
             size_ratio=files["int8"]["bytes"] / files["float32"]["bytes"],
             disagreements=[d["path"] for d in ev.disagreements[key]][:50],
         )
-    return out
+    return out, ev
 
 def client_checks(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None,
                    enabled: bool | None, log) -> dict:

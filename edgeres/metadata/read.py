@@ -8,13 +8,13 @@ import os
 import struct
 import zipfile
 
-from flatbuffers.number_types import Int8Flags, Uint32Flags
+from flatbuffers.number_types import Float32Flags, Int8Flags, Uint32Flags
 
 from edgeres import tflite
 from edgeres.metadata.schema import (COLOR_SPACES, EXTRA_JSON_FILE, LABELS_FILE, METADATA_ID, METADATA_NAME,
                                      AssociatedFile, AssociatedFileType, Content, ContentProperties,
                                      ImageProperties, ImageSize, ModelMetadata, NormalizationOptions, ProcessUnit,
-                                     ProcessUnitOptions, SubGraphMetadata, TensorMetadata)
+                                     ProcessUnitOptions, ScoreThresholdingOptions, SubGraphMetadata, TensorMetadata)
 from edgeres.tflite import field, floats, root, scalar, string, tables
 
 ModelSource = str | os.PathLike | bytes | bytearray | memoryview
@@ -146,6 +146,13 @@ def _read_output(tensor, result: dict) -> None:
         if scalar(f, AssociatedFile.TYPE, Int8Flags) == AssociatedFileType.TENSOR_AXIS_LABELS:
             result["labels_file"] = string(f, AssociatedFile.NAME)
             break
+    for unit in tables(tensor, TensorMetadata.PROCESS_UNITS):
+        if scalar(unit, ProcessUnit.OPTIONS_TYPE, Int8Flags) == ProcessUnitOptions.SCORE_THRESHOLDING_OPTIONS:
+            options = field(unit, ProcessUnit.OPTIONS)
+            if options is not None:
+                result["score_threshold"] = scalar(options, ScoreThresholdingOptions.GLOBAL_SCORE_THRESHOLD,
+                                                   Float32Flags, 0.0)
+            break
 
 
 def read_metadata(model_path_or_bytes: ModelSource) -> dict | None:
@@ -153,7 +160,8 @@ def read_metadata(model_path_or_bytes: ModelSource) -> dict | None:
 
     Keys: name, description, version, author, min_parser_version,
     input_size, color_space, mean, std, input_tensor, output_tensor,
-    labels_file, labels, associated_files, extra_json.
+    labels_file, labels, associated_files, extra_json, score_threshold (the output's
+    ScoreThresholdingOptions: the top score below which an answer is uncertain; None if unset).
     """
     buf = _load(model_path_or_bytes)
     data = _metadata_buffer(buf)
@@ -167,7 +175,7 @@ def read_metadata(model_path_or_bytes: ModelSource) -> dict | None:
         "author": string(md, ModelMetadata.AUTHOR),
         "min_parser_version": string(md, ModelMetadata.MIN_PARSER_VERSION),
         **dict.fromkeys(("input_size", "color_space", "mean", "std", "input_tensor", "output_tensor",
-                         "labels_file", "labels", "extra_json")),
+                         "labels_file", "labels", "extra_json", "score_threshold")),
         "associated_files": [],
     }
     subgraphs = tables(md, ModelMetadata.SUBGRAPH_METADATA)

@@ -35,8 +35,9 @@ class ContentProperties:  # union: NONE, FeatureProperties, ImageProperties, ...
     IMAGE_PROPERTIES = 2
 
 
-class ProcessUnitOptions:  # union: NONE, NormalizationOptions, ...
+class ProcessUnitOptions:  # union: NONE, NormalizationOptions, ScoreCalibrationOptions, ScoreThresholdingOptions, ...
     NORMALIZATION_OPTIONS = 1
+    SCORE_THRESHOLDING_OPTIONS = 3
 
 
 # -- tables: field slots, and how many fields each has --------------------------------------------
@@ -83,6 +84,11 @@ class ProcessUnit:
 class NormalizationOptions:
     MEAN, STD = range(2)
     FIELDS = 2
+
+
+class ScoreThresholdingOptions:  # MediaPipe drops categories scoring below it unless the app sets its own
+    GLOBAL_SCORE_THRESHOLD = 0
+    FIELDS = 1
 
 
 class Stats:

@@ -12,7 +12,7 @@ from edgeres import tflite
 from edgeres.metadata.schema import (COLOR_SPACE_RGB, EXTRA_JSON_FILE, LABELS_FILE, METADATA_ID, METADATA_NAME,
                                      MIN_PARSER_VERSION, AssociatedFile, AssociatedFileType, Content,
                                      ContentProperties, FeatureProperties, ImageProperties, ImageSize, ModelMetadata,
-                                     NormalizationOptions, ProcessUnit, ProcessUnitOptions, Stats,
+                                     NormalizationOptions, ProcessUnit, ProcessUnitOptions, ScoreThresholdingOptions, Stats,
                                      SubGraphMetadata, TensorMetadata)
 from edgeres.tflite import TensorType
 
@@ -47,7 +47,7 @@ def _offset_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
 def _table(b: flatbuffers.Builder, table, fields) -> int:
     """Writes a ``table`` (a class of :mod:`edgeres.metadata.schema`); ``fields`` is a list of
     ``(slot, kind, value)``, kind ``"off"`` (table/string/vector offset), ``"byte"`` (enum or
-    union type) or ``"uint"``. ``None`` values are omitted, like unset fields."""
+    union type), ``"uint"`` or ``"float"``. ``None`` values are omitted, like unset fields."""
     b.StartObject(table.FIELDS)
     for slot, kind, value in fields:
         if value is None:
@@ -58,6 +58,8 @@ def _table(b: flatbuffers.Builder, table, fields) -> int:
             b.PrependInt8Slot(slot, value, 0)
         elif kind == "uint":
             b.PrependUint32Slot(slot, value, 0)
+        elif kind == "float":
+            b.PrependFloat32Slot(slot, value, 0.0)
         else:  # pragma: no cover - programming error
             raise ValueError(kind)
     return b.EndObject()
@@ -110,8 +112,17 @@ def _output_stats(tensor_type: int):
     return None, None
 
 
+def _score_threshold_unit(b, threshold: float | None) -> int | None:
+    if threshold is None:
+        return None
+    options = _table(b, ScoreThresholdingOptions, [(ScoreThresholdingOptions.GLOBAL_SCORE_THRESHOLD, "float",
+                                                     float(threshold))])
+    return _table(b, ProcessUnit, [(ProcessUnit.OPTIONS_TYPE, "byte", ProcessUnitOptions.SCORE_THRESHOLDING_OPTIONS),
+                                   (ProcessUnit.OPTIONS, "off", options)])
+
+
 def build_model_metadata(*, name, description, version, author, input_size, mean, std,
-                         input_type, output_type, extra_json) -> bytes:
+                         input_type, output_type, extra_json, score_threshold=None) -> bytes:
     """The ModelMetadata flatbuffer (identifier M001) of an image classifier."""
     b = flatbuffers.Builder(1024)
 
@@ -135,9 +146,11 @@ def build_model_metadata(*, name, description, version, author, input_size, mean
     out_content = _table(b, Content, [(Content.CONTENT_PROPERTIES_TYPE, "byte", ContentProperties.FEATURE_PROPERTIES),
                                       (Content.CONTENT_PROPERTIES, "off", feature_props)])
     labels_file = _associated_file(b, LABELS_FILE, LABELS_DESCRIPTION, AssociatedFileType.TENSOR_AXIS_LABELS)
+    # The uncertain band: MediaPipe's ImageClassifier returns no category scoring below it by default.
+    threshold_unit = _score_threshold_unit(b, score_threshold)
     output_md = _tensor_metadata(
         b, name=OUTPUT_NAME, description=OUTPUT_DESCRIPTION, content=out_content,
-        stats=_stats(b, *_output_stats(output_type)), associated_files=[labels_file])
+        process_units=[threshold_unit] if threshold_unit is not None else None, stats=_stats(b, *_output_stats(output_type)), associated_files=[labels_file])
 
     inputs_off, outputs_off = _offset_vector(b, [input_md]), _offset_vector(b, [output_md])
     subgraph = _table(b, SubGraphMetadata, [(SubGraphMetadata.INPUT_TENSOR_METADATA, "off", inputs_off),
@@ -191,6 +204,7 @@ def embed_metadata(
     version: str = "",
     author: str = "edgeres",
     extra_json: str | None = None,
+    score_threshold: float | None = None,
 ) -> bytes:
     """Returns a copy of ``model`` with image-classifier metadata embedded.
 
@@ -202,11 +216,15 @@ def embed_metadata(
     ``mean``/``std`` describe ``(pixel - mean) / std`` applied by the runtime
     before feeding a float32 input (MediaPipe ignores them for uint8 inputs).
     ``extra_json``, if given, is stored as the model-level associated file
-    ``edgeres.json``.
+    ``edgeres.json``. ``score_threshold``, if given, is the output tensor's
+    ScoreThresholdingOptions (``global_score_threshold``): the top score below which an answer is
+    uncertain; MediaPipe's ImageClassifier then drops such categories unless the app sets its own.
     """
     import numpy as np
 
     _validate_args(labels, input_size, mean, std)
+    if score_threshold is not None and not 0.0 < float(score_threshold) < 1.0:
+        raise ValueError(f"score_threshold must lie between 0 and 1, got {score_threshold!r}")
     buf = bytes(model)
     m = tflite.unpack(buf)
     if m.externalBuffers or any(b.offset > 1 for b in (m.buffers or [])):
@@ -229,7 +247,7 @@ def embed_metadata(
     metadata = build_model_metadata(
         name=name, description=description, version=version, author=author,
         input_size=input_size, mean=[float(v) for v in mean], std=[float(v) for v in std],
-        input_type=in_t.type, output_type=out_t.type, extra_json=extra_json)
+        input_type=in_t.type, output_type=out_t.type, extra_json=extra_json, score_threshold=score_threshold)
 
     # Same edit as tflite_support's MetadataPopulator: reuse the buffer of an
     # existing TFLITE_METADATA entry, otherwise append a new buffer + entry.

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """The smallest honest edge app: classify photos with an edgeres ``.tflite``, without edgeres.
 
-    python examples/minimal_app.py export/cats-dogs/model_int8.tflite photo.jpg [photo2.jpg ...]
+    python examples/minimal_app.py [--uncertain-below T] export/cats-dogs/model_int8.tflite photo.jpg [...]
 
 Prints ``path<TAB>label<TAB>score`` per image, the same label and score (to 4 decimals) as
-``edgeres predict MODEL IMAGE --json``. Needs only ``ai-edge-litert`` (or ``tflite_runtime``),
+``edgeres predict MODEL IMAGE --json``, and a fourth column ``not sure`` when the top score is
+below the model's uncertain band (where the paths export checked may answer differently; as
+predict's ``"uncertain": true``). The band comes from the model itself (``uncertain.threshold``
+of the edgeres.json embedded in it); ``--uncertain-below T`` overrides it, as an app may. Needs only ``ai-edge-litert`` (or ``tflite_runtime``),
 numpy and Pillow: this is all a device has to run. It works on the int8 model (uint8 pixels in,
 uint8 scores out) and on the float32 one (float pixels 0..255 in); normalisation is inside the
 graph, so an app only resizes (by edgeres's rule, MediaPipe's own: :func:`resize`) and feeds
@@ -15,6 +18,7 @@ edgeres recorded its resize uses Pillow's antialiased bilinear instead; its edge
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import zipfile
@@ -35,6 +39,16 @@ def read_labels(model_path: str) -> list[str]:
             return zf.read("labels.txt").decode("utf-8").splitlines()
     except (zipfile.BadZipFile, KeyError):
         sys.exit(f"error: {model_path} has no embedded labels.txt; export it with `edgeres export`.")
+
+
+def read_band(model_path: str) -> float | None:
+    """The model's uncertain band: the top score below which its answer is uncertain (None: none)."""
+    try:
+        with zipfile.ZipFile(model_path) as zf:
+            record = json.loads(zf.read("edgeres.json")).get("uncertain") or {}
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        return None
+    return record.get("threshold")
 
 
 def load_pixels(path: str, width: int, height: int) -> np.ndarray:
@@ -90,11 +104,15 @@ def from_output(raw: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
+    band = None
+    if argv[:1] == ["--uncertain-below"] and len(argv) > 1:  # an app's own threshold instead of the model's
+        band, argv = float(argv[1]), argv[2:]
     if len(argv) < 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     model_path, images = argv[0], argv[1:]
     labels = read_labels(model_path)
+    band = band if band is not None else read_band(model_path)
     interpreter = Interpreter(model_path=model_path, num_threads=os.cpu_count() or 1)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -113,7 +131,9 @@ def main(argv: list[str]) -> int:
         interpreter.invoke()
         probs = from_output(interpreter.get_tensor(out["index"])[0], out)
         best = int(np.argmax(probs))
-        print(f"{path}\t{labels[best]}\t{probs[best]:.4f}")
+        # Compared in float32, as MediaPipe compares its ScoreThresholdingOptions.
+        unsure = band is not None and np.float32(probs[best]) < np.float32(band)
+        print(f"{path}\t{labels[best]}\t{probs[best]:.4f}" + ("\tnot sure" if unsure else ""))
     return 1 if failed else 0
 
 

@@ -125,6 +125,7 @@ def test_folder_of_pngs_equals_predict_exactly(int8, png_dir):
     for d, path in zip(lines, sorted(png_dir.glob("*.png"))):
         pred = int8.predict(path)
         assert (d["label"], d["score"]) == (pred.label, round(pred.score, 6)), path.name
+        assert d["uncertain"] is pred.uncertain  # the model's uncertain band, as predict says
     assert summary.frames == N_FRAMES and summary.dropped == 0 and summary.corrupt == 0
     assert summary.ended is EndReason.END_OF_SOURCE
     assert sum(summary.label_counts.values()) == N_FRAMES
@@ -133,7 +134,8 @@ def test_folder_of_pngs_equals_predict_exactly(int8, png_dir):
 def test_video_file_reports_every_frame_once_in_order(int8, video_mp4, photo_paths):
     summary, lines = _run_json(int8, video_mp4)
     assert [d["frame"] for d in lines] == list(range(N_FRAMES))
-    assert set(lines[0]) == {"frame", "timestamp", "label", "score", "latency_ms", "capture_to_result_ms"}
+    assert set(lines[0]) == {"frame", "timestamp", "label", "score", "uncertain", "latency_ms",
+                            "capture_to_result_ms"}
     decoded = _read_video(video_mp4)
     assert len(decoded) == N_FRAMES
     for d, frame in zip(lines, decoded):  # what the model saw: the decoded frame, BGR -> RGB
@@ -561,3 +563,25 @@ def test_window_overlay_under_xvfb(int8, png_dir, frames_bgr, tmp_path, xvfb, mo
     text = np.all(box > 200, axis=2).sum()  # white and green text on the banner
     assert text > 200, f"no text on the banner ({text} bright pixels)"
     assert box.shape[1] == SIZE[0]  # shown 1:1, the width of the frame
+
+
+def test_overlay_says_not_sure_below_the_models_band(tiny_bundle, png_dir, tmp_path):
+    """The overlay's first line says "not sure" exactly for the frames whose shown score is below
+    the model's uncertain band; an app's own threshold (``uncertain_below``) moves it."""
+    from edgeres.camera.output import Output
+    from edgeres.camera.pipeline import Result
+
+    clf = Classifier(tiny_bundle / "model_int8.tflite", threads=2, accelerator="cpu")
+    assert clf.uncertain_below is not None  # the band export measured, read from the model's metadata
+    _, lines = _run_json(clf, png_dir)
+    scores = sorted({d["score"] for d in lines})
+    clf.uncertain_below = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # frames either side
+    out = Output(clf, None, display=False, record_path=None, json_out=None, smoothing=0.0, realtime=False,
+                 snapshot_dir=tmp_path, fps_hint=30.0, log=lambda m: None)
+    _, lines = _run_json(clf, png_dir)
+    said = []
+    for d in lines:
+        r = Result(None, d["label"], d["score"], d["label"], d["score"], 1.0, 2.0, None)
+        said.append("not sure" in out.overlay_lines(r, None)[0][0])
+        assert said[-1] is d["uncertain"] is (d["score"] < clf.uncertain_below), d
+    assert 0 < sum(said) < len(said), [d["score"] for d in lines]

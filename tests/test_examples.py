@@ -66,9 +66,14 @@ def photos(small_dataset, tmp_path_factory) -> list[Path]:
 
 
 def _parse_tsv(stdout: str) -> list[tuple[str, str, float]]:
+    """``path, label, score`` rows; a fourth column may only say "not sure" (see :func:`_unsure`)."""
     rows = [line.split("\t") for line in stdout.splitlines() if line.strip()]
-    assert all(len(r) == 3 for r in rows), stdout
-    return [(path, label, float(score)) for path, label, score in rows]
+    assert all(len(r) == 3 or (len(r) == 4 and r[3] == "not sure") for r in rows), stdout
+    return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+def _unsure(stdout: str) -> list[bool]:
+    return [line.endswith("\tnot sure") for line in stdout.splitlines() if line.strip()]
 
 
 # -- minimal_app.py ---------------------------------------------------------------------------
@@ -93,6 +98,8 @@ def test_minimal_app_matches_edgeres_predict(exported, photos, variant, tmp_path
     assert len({r["score"] for r in theirs}) >= 3, theirs
     assert [p for p, _, _ in ours] == [str(p) for p in photos]
     assert [r["path"] for r in theirs] == [str(p) for p in photos]
+    # "not sure" exactly where predict says uncertain: the band the model carries, read two ways.
+    assert _unsure(app.stdout) == [r["uncertain"] for r in theirs]
     for (path, label, score), record in zip(ours, theirs):
         assert label == record["label"], path
         # ours is the exact score rounded to 4 decimals, theirs rounded to 6.
@@ -100,6 +107,13 @@ def test_minimal_app_matches_edgeres_predict(exported, photos, variant, tmp_path
         assert label in LABELS and 0.49 <= score <= 1.0  # the top of two (int8: +-1/256)
     if variant == "int8":  # scores are the dequantized uint8 output, k/256
         assert all(abs(r["score"] * 256 - round(r["score"] * 256)) < 1e-3 for r in theirs)
+
+
+def test_minimal_app_takes_the_apps_own_threshold(exported, photos):
+    app = _run([sys.executable, EXAMPLES / "minimal_app.py", "--uncertain-below", "0.999",
+                exported / "model_int8.tflite", *photos])
+    assert app.returncode == 0, app.stderr
+    assert all(_unsure(app.stdout)) and len(_parse_tsv(app.stdout)) == len(photos)  # int8 tops out at 255/256
 
 
 def test_minimal_app_needs_only_the_runtime(exported, photos):
@@ -165,7 +179,7 @@ def test_python_api(small_dataset, tmp_path):
 def test_mediapipe_classifier(exported, photos, variant):
     model = exported / f"model_{variant}.tflite"
     proc = _run([os.environ[MEDIAPIPE_ENV], EXAMPLES / "mediapipe_classifier.py", model, *photos,
-                 "--top-k", "2"])
+                 "--top-k", "2", "--score-threshold", "0"])  # every category, below the model's band too
     assert proc.returncode == 0, proc.stderr
     rows = _parse_tsv(proc.stdout)
     assert len(rows) == 2 * len(photos)
@@ -183,3 +197,27 @@ def test_mediapipe_classifier(exported, photos, variant):
     # not libjpeg-turbo (a few levels on ~5% of values): scores differ by rounding only. (With edgeres
     # 0.1's antialiased resize the mean gap on this model was 0.058.)
     assert np.mean(dog_gap) <= 0.02, dog_gap
+
+
+@pytest.mark.skipif(not os.environ.get(MEDIAPIPE_ENV),
+                    reason=f"set {MEDIAPIPE_ENV} to a python that has mediapipe installed (its own venv)")
+def test_mediapipe_classifier_says_not_sure_with_default_options(exported, photos):
+    """Default options: MediaPipe applies the band in the model's metadata, so the example prints
+    "not sure" where minimal_app (edgeres's pixels) does, and the same single label elsewhere.
+    Photos scoring within 0.02 of the band are left out: MediaPipe decodes the JPEG itself."""
+    model = exported / "model_int8.tflite"
+    proc = _run([os.environ[MEDIAPIPE_ENV], EXAMPLES / "mediapipe_classifier.py", model, *photos])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    app = _run([sys.executable, EXAMPLES / "minimal_app.py", model, *photos]).stdout
+    band = json.loads((exported / "edgeres.json").read_text())["uncertain"]["threshold"]
+    theirs = {}
+    for path, label, score in rows:
+        assert path not in theirs, "two categories above a band over 0.5"
+        theirs[path] = label
+    checked = 0
+    for (path, label, score), unsure in zip(_parse_tsv(app), _unsure(app)):
+        if abs(score - band) > 0.02:
+            assert theirs[path] == ("not sure" if unsure else label), (path, score, band)
+            checked += 1
+    assert checked >= len(photos) // 2

@@ -146,7 +146,7 @@ class Output:
 
     def _record(self, r: Result, agree: bool | None) -> dict:
         d = {"frame": r.frame.index, "timestamp": round(r.frame.timestamp, 3), "label": r.label,
-             "score": round(r.score, 6), "latency_ms": round(r.latency_ms, 3),
+             "score": round(r.score, 6), "uncertain": self._uncertain(r), "latency_ms": round(r.latency_ms, 3),
              "capture_to_result_ms": round(r.capture_to_result_ms, 3)}
         if self.smoothing > 0:
             d.update(raw_label=r.raw_label, raw_score=round(r.raw_score, 6))
@@ -154,6 +154,10 @@ class Output:
             d.update(compare_label=r.other[0], compare_score=round(r.other[1], 6),
                      compare_latency_ms=round(r.other[4], 3), agree=agree)
         return d
+
+    def _uncertain(self, r: Result) -> bool:
+        """The shown (smoothed) top score is below the model's uncertain band (edgeres export)."""
+        return self.clf.uncertain_below is not None and r.score < self.clf.uncertain_below
 
     @property
     def fps(self) -> float:
@@ -169,14 +173,7 @@ class Output:
         h, w = r.frame.image.shape[:2]
         scale = max(0.4, min(w, 2 * h) / 1000)
         line = int(32 * scale / 0.6)
-        first = AGREE_BGR if agree is not False else DISAGREE_BGR
-        texts = [(f"{r.label} {100 * r.score:.1f}%  ({_name(self.clf)})", first)]
-        if r.other is not None:
-            rate = 100 * self.disagreements / self.frames
-            texts.append((f"{r.other[0]} {100 * r.other[1]:.1f}%  ({_name(self.other)})  "
-                          f"disagree {rate:.1f}%", AGREE_BGR if agree else DISAGREE_BGR))
-        texts.append((f"{self.fps:.1f} FPS  {r.latency_ms:.1f} ms model  "
-                      f"{r.capture_to_result_ms:.0f} ms capture-to-result", TEXT_BGR))
+        texts = self.overlay_lines(r, agree)
         panel = line * len(texts) + line // 3
         panel += panel % 2  # even frame heights for the video codecs
         img = np.empty((panel + h, w, 3), dtype=np.uint8)
@@ -186,6 +183,20 @@ class Output:
             cv2.putText(img, text, (int(10 * scale / 0.6), line * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
                         scale, colour, 1 if scale < 0.8 else 2, cv2.LINE_AA)
         return img
+
+    def overlay_lines(self, r: Result, agree: bool | None) -> list[tuple[str, tuple[int, int, int]]]:
+        """The panel's lines and their colours: the answer ("not sure" when its top score is below
+        the model's uncertain band), the compared model's, and the timings."""
+        first = AGREE_BGR if agree is not False else DISAGREE_BGR
+        unsure = "  not sure" if self._uncertain(r) else ""
+        texts = [(f"{r.label} {100 * r.score:.1f}%{unsure}  ({_name(self.clf)})", first)]
+        if r.other is not None:
+            rate = 100 * self.disagreements / max(1, self.frames)
+            texts.append((f"{r.other[0]} {100 * r.other[1]:.1f}%  ({_name(self.other)})  "
+                          f"disagree {rate:.1f}%", AGREE_BGR if agree else DISAGREE_BGR))
+        texts.append((f"{self.fps:.1f} FPS  {r.latency_ms:.1f} ms model  "
+                      f"{r.capture_to_result_ms:.0f} ms capture-to-result", TEXT_BGR))
+        return texts
 
     # window -----------------------------------------------------------------------------
 

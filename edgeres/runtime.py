@@ -3,6 +3,7 @@
     clf = Classifier("export/cats-dogs")            # a bundle (its int8 model) or a .tflite
     pred = clf.predict("photo.jpg")                 # path, bytes, PIL image or RGB uint8 array
     pred.label, pred.score, pred.latency_ms
+    pred.uncertain                                  # top score below the model's band (clf.uncertain_below)
 
 Works where only ``ai-edge-litert`` (or, as a last resort, the old ``tflite_runtime``), numpy
 and Pillow are installed. CPU inference goes through XNNPACK with every core; ``gpu`` uses

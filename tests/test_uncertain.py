@@ -168,7 +168,7 @@ def test_predict_marks_uncertain_answers(tiny_bundle, mixed_photos):
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["uncertain"] for r in records] == [True] * 3 + [False] * 3
     for r in records:
-        assert {"label", "index", "score"} <= set(r) and r["uncertain"] is (r["score"] < threshold)
+        assert {"label", "index", "score"} <= set(r) and r["uncertain"] is bool(r["score"] < threshold)
     table = cli("predict", tiny_bundle, *mixed_photos, "--accelerator", "cpu")
     assert table.returncode == 0, table.stderr
     rows = [line for line in table.stdout.splitlines() if ".jpg" in line]

@@ -45,7 +45,9 @@ def predict(
 ):
     """Classify images with an exported model through LiteRT (no TensorFlow needed).
 
-    Unreadable images are reported and skipped; the exit code is 1 if any failed.
+    Unreadable images are reported and skipped; the exit code is 1 if any failed. An answer whose
+    top score is below the model's uncertain band (measured at export, carried in its metadata) is
+    marked "(not sure)", "uncertain": true in --json: there float32 and int8, or two runtimes, may disagree.
 
     Example: edgeres predict export/cats-dogs photo.jpg photos/ --top-k 2
     """
@@ -82,7 +84,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
     split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv, confusion PNGs and a risk-coverage plot here.")] = None,
     accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default: the reference) | gpu | auto. gpu runs a bundle's float16 model on LiteRT's GPU accelerator after a self-check against the CPU.")] = Accelerator.CPU,
     client: Annotated[Optional[Client], typer.Option(help="Also run each model through this client on the same files and report its accuracy and agreement with edgeres. mediapipe: MediaPipe Tasks ImageClassifier, decoding and resizing the files itself as an app does (interpreter: $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe).")] = None,
     json_out: JsonOpt = False,
@@ -92,6 +94,8 @@ def evaluate(
 
     All models see byte-identical input pixels, made by each model's own resize rule; --client
     mediapipe also runs each model through MediaPipe Tasks as an app would and reports agreement.
+    For a model with an uncertain band: the share it flags, accuracy and agreement on its confident
+    answers; --report adds risk_coverage.png.
 
     Example (float vs int8): edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
     """

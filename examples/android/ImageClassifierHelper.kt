@@ -28,7 +28,12 @@ class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseab
             .build(),
     )
 
-    /** Best first. Blocks while the model runs: call it off the main thread. */
+    /**
+     * Best first. Blocks while the model runs: call it off the main thread. An empty list means
+     * "not sure": the top score is below the uncertain band edgeres measured and wrote into the
+     * model's metadata (ScoreThresholdingOptions), where another phone may answer differently.
+     * To get every answer anyway, add `.setScoreThreshold(0f)` to the options above.
+     */
     fun classify(bitmap: Bitmap): List<Label> {
         // MediaPipe takes ARGB_8888 only; decoders may hand out RGB_565 or HARDWARE bitmaps.
         val argb = if (bitmap.config == Bitmap.Config.ARGB_8888) bitmap

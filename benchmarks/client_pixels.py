@@ -51,7 +51,9 @@ from PIL import Image, ImageOps
 
 model, listing, out = sys.argv[1:4]
 files = json.load(open(listing))
-opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model), max_results=-1)
+# Every category: a threshold above 0 overrides the model's uncertain band (MediaPipe reads 0 as unset).
+opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model), max_results=-1,
+                                     score_threshold=1e-30)
 
 def scores(clf, image):
     cats = clf.classify(image).classifications[0].categories

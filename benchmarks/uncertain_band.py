@@ -166,7 +166,10 @@ def mediapipe(bundle: Path, out: Path, split: str) -> None:
     result = {"split": split, "n": len(paths), "threshold": clf.uncertain_below, "flagged": int(flagged.sum()),
               "flagged_no_category": float(np.mean(none[flagged])), "confident": int((~flagged).sum()),
               "confident_no_category": int(none[~flagged].sum()), "agreement_on_confident": float(agree),
-              "failed": failed, "seconds": round(time.perf_counter() - t)}
+              "failed": failed, "seconds": round(time.perf_counter() - t),
+              # edgeres's top score where the two part: a flagged photo MediaPipe answers, or the reverse
+              "misses": sorted(round(float(ours[i].max()), 4) for i in range(len(paths))
+                               if bool(flagged[i]) != bool(none[i]))}
     (out / f"mediapipe_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 

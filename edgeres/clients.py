@@ -30,9 +30,11 @@ class ClientError(RuntimeError):
     """A client that is missing or failed; the message says how to get or fix it."""
 
 
-# Runs inside the MediaPipe interpreter: reads {"model", "images", "pixels", "default_options"} on
-# stdin, writes one JSON line per image: {"i", "scores"} (scores indexed by class; [] when MediaPipe
-# returned no category) or {"i", "error"}.
+# Runs inside the MediaPipe interpreter: reads {"model", "images", "pixels", "default_options", "classes"}
+# on stdin, writes one JSON line per image: {"i", "scores"} (scores indexed by class, at least
+# "classes" of them; [] when MediaPipe with default options returned no category) or {"i", "error"}.
+# Every category needs a threshold above 0: MediaPipe's Python API reads 0 (and below) as unset and
+# then applies the model's own ScoreThresholdingOptions (the uncertain band edgeres writes).
 _WORKER = r"""
 import json, sys
 import numpy as np
@@ -42,7 +44,8 @@ from mediapipe.tasks.python import BaseOptions, vision
 job = json.loads(sys.stdin.read())
 base = BaseOptions(model_asset_path=job["model"])
 options = (vision.ImageClassifierOptions(base_options=base) if job.get("default_options") else
-           vision.ImageClassifierOptions(base_options=base, max_results=-1, score_threshold=0.0))
+           vision.ImageClassifierOptions(base_options=base, max_results=-1, score_threshold=1e-30))
+least = 0 if job.get("default_options") else job.get("classes") or 0
 pixels = np.load(job["pixels"]) if job.get("pixels") else None
 with vision.ImageClassifier.create_from_options(options) as clf:
     for i, path in enumerate(job["images"]):
@@ -52,7 +55,7 @@ with vision.ImageClassifier.create_from_options(options) as clf:
             else:
                 image = mp.Image.create_from_file(path)
             cats = clf.classify(image).classifications[0].categories
-            scores = [0.0] * (max(c.index for c in cats) + 1) if cats else []
+            scores = [0.0] * max([c.index + 1 for c in cats] + [least])
             for c in cats:
                 scores[c.index] = float(c.score)
             print(json.dumps({"i": i, "scores": scores}), flush=True)
@@ -77,11 +80,12 @@ def find_mediapipe_python() -> str | None:
 
 def mediapipe_scores(model: str | Path, images: list[str | Path], *, pixels: np.ndarray | None = None,
                      python: str | None = None, timeout: float | None = None,
-                     default_options: bool = False) -> list[np.ndarray | str]:
+                     default_options: bool = False, classes: int | None = None) -> list[np.ndarray | str]:
     """MediaPipe ImageClassifier's scores for each image (from the file, as an app would), or
     for the given ``pixels`` ``[N, H, W, 3]`` when set; an ``str`` error where an image failed.
     Every class's score, unless ``default_options``: then the options an app gets by default,
-    which drop categories below the model's ScoreThresholdingOptions (an empty array: no category)."""
+    which drop categories below the model's ScoreThresholdingOptions (an empty array: no category).
+    ``classes``: pad each array to that many scores (a category scoring exactly 0 is not returned)."""
     import tempfile
 
     python = python or find_mediapipe_python()
@@ -89,7 +93,7 @@ def mediapipe_scores(model: str | Path, images: list[str | Path], *, pixels: np.
         raise ClientError(f"MediaPipe is not available. To check the model in MediaPipe: {MEDIAPIPE_HOWTO}.")
     with tempfile.TemporaryDirectory() as tmp:
         job = {"model": str(Path(model).resolve()), "images": [str(Path(p).resolve()) for p in images],
-               "default_options": default_options}
+               "default_options": default_options, "classes": classes}
         if pixels is not None:
             job["pixels"] = str(Path(tmp) / "pixels.npy")
             np.save(job["pixels"], pixels)
@@ -152,7 +156,7 @@ def check_mediapipe(classifier, items: list[tuple[Path, int]], classes: tuple[st
             kept.append((path, label))
         except ImageError:
             continue
-    theirs = mediapipe_scores(classifier.path, [p for p, _ in kept], python=python)
+    theirs = mediapipe_scores(classifier.path, [p for p, _ in kept], python=python, classes=len(classifier.labels))
     truth, a, b, diffs, disagree, failed = [], [], [], [], [], 0
     for (path, label), p_ours, p_theirs in zip(kept, ours, theirs):
         if isinstance(p_theirs, str):

@@ -12,7 +12,8 @@ image, or ``path<TAB>not sure<TAB>-`` when MediaPipe returns none: an edgeres
 model carries its uncertain band (the top score below which the paths it was
 verified on may disagree) as ScoreThresholdingOptions in its metadata, and
 MediaPipe drops every category below it unless the app sets ``score_threshold``
-itself (``--score-threshold 0``: every category, as before the band).
+itself (``--score-threshold 1e-9``: every category, as before the band; MediaPipe's
+Python API reads 0 as unset and applies the model's band).
 Exits 1 if any category comes back without a name, 2 on errors.
 
 Needs ``pip install mediapipe`` (which pulls in opencv-contrib-python, so keep
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files (jpg/png)")
     parser.add_argument("--top-k", type=int, default=2, help="categories to print per image (default 2)")
     parser.add_argument("--score-threshold", type=float, default=None,
-                        help="drop categories below T (default: the model's own band, from its metadata)")
+                        help="drop categories below T > 0 (default: the model's own band, from its metadata)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")

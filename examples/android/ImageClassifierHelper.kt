@@ -32,7 +32,8 @@ class ImageClassifierHelper(context: Context, maxResults: Int = 2) : AutoCloseab
      * Best first. Blocks while the model runs: call it off the main thread. An empty list means
      * "not sure": the top score is below the uncertain band edgeres measured and wrote into the
      * model's metadata (ScoreThresholdingOptions), where another phone may answer differently.
-     * To get every answer anyway, add `.setScoreThreshold(0f)` to the options above.
+     * To get every answer anyway, add `.setScoreThreshold(1e-9f)` to the options above (a value
+     * above 0: MediaPipe's Python API, at least, reads 0 as unset and keeps the model's band).
      */
     fun classify(bitmap: Bitmap): List<Label> {
         // MediaPipe takes ARGB_8888 only; decoders may hand out RGB_565 or HARDWARE bitmaps.

@@ -3,7 +3,7 @@
     export/<name>/model_int8.tflite      full-integer int8, uint8 pixels in, uint8 scores out
                   model_float32.tflite   (and model_float16 / model_dynamic on request)
                   edgeres.json           labels, input, quantization, calibration hash, versions,
-                                         verification numbers, pass/fail, the ExportConfig
+                                         verification numbers, the uncertain band, pass/fail, the ExportConfig
                   labels.txt, calibration.txt
                   layer_errors.csv/.png  per-layer int8 error (TF's QuantizationDebugger)
 
@@ -13,7 +13,8 @@ directory and renamed into place when whole: a Ctrl-C leaves nothing half-writte
 
 The parts, in the order an export runs them: :mod:`.convert` (Keras -> ``.tflite``),
 :mod:`.ranges` (int8 activation ranges), :mod:`.quantize` (the only user of TensorFlow's private
-APIs), :mod:`.bundle_write`, :mod:`.verify` (LiteRT and the clients), :mod:`.report` (per layer).
+APIs), :mod:`.bundle_write`, :mod:`.verify` (LiteRT and the clients), :mod:`.band` (the uncertain
+band, from the verification's scores), :mod:`.report` (per layer).
 Importing this package does not import TensorFlow.
 """
 

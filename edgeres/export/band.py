@@ -145,14 +145,14 @@ def export_band(bundle: Path, files: dict, evaluation, setting: float | str | No
     scores = {(path_name("xnnpack") if names[p] == "int8" else names[p]): s
               for p, s in evaluation.probabilities.items() if p in names}
     seconds = None
-    if "int8" in files and scores:
+    if "int8" in files and scores and setting != BandSource.OFF.value:
         log("Uncertain band: the int8 model on LiteRT's built-in kernels too, on the least confident "
             f"{BUILTIN_SHARE:.0%} of the photos (at least {BUILTIN_MIN}) ...")
         t = time.perf_counter()
         scores[path_name("builtin")] = _builtin_scores(bundle / files["int8"]["file"], evaluation, scores, threads)
         seconds = round(time.perf_counter() - t, 2)
-    if not scores:
-        return {"threshold": None, "source": BandSource.OFF.value, "rule": "nothing was verified"}
+    if len(scores) < 2:
+        return {"threshold": None, "source": BandSource.OFF.value, "rule": "one path verified: nothing to compare"}
     probes, also = runtime_deviation(runtimes) if runtimes else (None, None)
     if setting == BandSource.OFF.value:
         record = {"threshold": None, "source": BandSource.OFF.value, "rule": "switched off (--uncertain-below off)",
@@ -166,7 +166,7 @@ def export_band(bundle: Path, files: dict, evaluation, setting: float | str | No
     if probes:
         record["runtime_probes"] = probes
     record["builtin_seconds"] = seconds
-    if record.get("outside"):
+    if record.get("outside") and record["threshold"] is not None:
         log(f"Uncertain band: {record['outside']} of {record['disagreements']} disagreement(s) between paths "
             f"lie outside it (top score >= {record['threshold']}).")
     return record

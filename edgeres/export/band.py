@@ -104,9 +104,8 @@ def measure(scores: dict[str, np.ndarray], *, answer: str | None = None,
     reversible = 1 - np.searchsorted(sample, margin, side="right") / len(sample)  # P(deviation > margin)
     seen = describe(scores, None, answer=answer)["max_disagreement_score"]
     floor = max(1 / mine.shape[1], (seen or 0) + STEP)
-    threshold = next((t for t in np.arange(math.ceil(floor * 1000) / 1000, 1, 0.001)
-                      if np.mean((top >= t) * reversible) <= RISK), 0.999)
-    threshold = round(float(threshold), 3)
+    candidates = np.round(np.arange(math.ceil(floor * 1000 - 1e-9), 1000) / 1000, 3)  # readable thousandths
+    threshold = float(next((t for t in candidates if np.mean((top >= t) * reversible) <= RISK), 0.999))
     return {"threshold": threshold, "source": BandSource.MEASURED.value, "rule": RULE,
             **describe(scores, threshold, answer=answer),
             "deviation_sample": int(len(sample)), "deviation_p99": round(float(np.percentile(sample, 99)), 4),

@@ -136,7 +136,6 @@ def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def _print_predictions(rows, clf, top_k: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{clf.path.name} on {clf.backend}", title_justify="left")
@@ -151,7 +150,25 @@ def _print_predictions(rows, clf, top_k: int) -> None:
         if top_k > 1:
             cells.append(", ".join(f"{lbl} {s:.2f}" for lbl, s in pred.top_k(top_k, clf.labels)))
         table.add_row(*cells, f"{pred.latency_ms:.1f}")
-    Console().print(table)
+    _print_table(table)
+
+
+def _print_table(table) -> None:
+    """A Rich table, whole. A terminal gets it fitted to its width; a file, pipe or CI log has
+    no width to fit, so it gets the table at its natural width with the title on a line of its
+    own: no cell cut to ``mode…``, no header folded, wherever the numbers are kept."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    if not console.is_terminal:
+        unbounded = Console(width=1_000_000)
+        width = Measurement.get(unbounded, unbounded.options, table).maximum
+        console = Console(width=width, highlight=False)
+        if table.title:
+            console.print(table.title, soft_wrap=True)
+            table.title = None
+    console.print(table)
 
 
 def _short_names(paths: list[str]) -> list[str]:

@@ -23,6 +23,7 @@ from edgeres.cli.common import (
     _finite,
     _friendly_errors,
     _print_predictions,
+    _print_table,
     _short_names,
     app,
 )
@@ -129,7 +130,6 @@ def evaluate(
         if json_out:
             typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{data} ({split})", title_justify="left")
@@ -142,7 +142,7 @@ def evaluate(
             pr = [f"{m.per_class[c]['precision']:.2f}/{m.per_class[c]['recall']:.2f}" for c in ev.classes]
             table.add_row(names[m.path], str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
                           f"{m.mean_latency_ms:.1f}")
-        Console().print(table)
+        _print_table(table)
         for other, agree in ev.agreement.items():
             typer.echo(f"agreement with {names[ev.models[0].path]}: {names.get(other, other)} {agree:.2%} "
                        f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}, "
@@ -182,7 +182,6 @@ def bench(
         if json_out:
             typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"batch 1, {results[0].threads} threads, {runs} runs", title_justify="left")
@@ -192,7 +191,7 @@ def bench(
             table.add_row(Path(r.path).name, r.input, r.backend, f"{r.load_ms:.0f}", f"{r.p50_ms:.2f}",
                           f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.rss_mb:.0f}",
                           f"{speedups.get(r.path, 1.0):.2f}x")
-        Console().print(table)
+        _print_table(table)
         for r in results:
             if r.self_check:
                 typer.echo(f"{Path(r.path).name}: {r.self_check_summary}")

@@ -1,8 +1,8 @@
 """Every Python example in examples/ runs here, on a tiny exported model, and its output is checked.
 
 ``minimal_app.py`` must print what ``edgeres predict --json`` says, ``python_api.py`` must print
-numbers in range, and ``mediapipe_classifier.py`` runs when ``EDGERES_MEDIAPIPE_PYTHON`` names a
-python that has mediapipe (it lives in its own virtualenv).
+numbers in range, and ``mediapipe_classifier.py`` runs in the MediaPipe interpreter edgeres finds
+(``EDGERES_MEDIAPIPE_PYTHON``, else the ``.venv-mediapipe`` that scripts/setup makes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from edgeres.clients import find_mediapipe_python
 
 pytestmark = pytest.mark.slow
 
@@ -159,12 +161,12 @@ def test_python_api(small_dataset, tmp_path):
 # -- mediapipe_classifier.py --------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.environ.get(MEDIAPIPE_ENV),
-                    reason=f"set {MEDIAPIPE_ENV} to a python that has mediapipe installed (its own venv)")
+@pytest.mark.skipif(find_mediapipe_python() is None,
+                    reason=f"no MediaPipe interpreter: scripts/setup makes .venv-mediapipe (or set {MEDIAPIPE_ENV})")
 @pytest.mark.parametrize("variant", ["int8", "float32"])
 def test_mediapipe_classifier(exported, photos, variant):
     model = exported / f"model_{variant}.tflite"
-    proc = _run([os.environ[MEDIAPIPE_ENV], EXAMPLES / "mediapipe_classifier.py", model, *photos,
+    proc = _run([find_mediapipe_python(), EXAMPLES / "mediapipe_classifier.py", model, *photos,
                  "--top-k", "2"])
     assert proc.returncode == 0, proc.stderr
     rows = _parse_tsv(proc.stdout)

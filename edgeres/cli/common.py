@@ -30,10 +30,11 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeres.calibrate import CalibrationError
     from edgeres.data import DataError
+    from edgeres.outputs import OutputError
     from edgeres.preprocess import ImageError
     from edgeres.runtime import AcceleratorError, ModelError
 
-    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
+    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError, OutputError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
                          ("edgeres.clients", "ClientError"),

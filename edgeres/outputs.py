@@ -125,7 +125,7 @@ def describe(path: str | Path) -> str:
         if not entries:
             return "an empty folder"
         ours = [f"the {identify(path / e).value} {e}" for e in entries if identify(path / e) is not None]
-        return f"a folder holding {_few(ours or entries)}"
+        return f"a folder holding {_few(ours)}" if ours else f"a folder holding other things ({_few(entries)})"
     if path.is_file():
         return f"a file edgeres did not write ({path.stat().st_size} bytes)"
     return "not a regular file"
@@ -200,12 +200,14 @@ def written_file(path: str | Path, *, replace: bool) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        _publish(tmp, path, replace=replace)
+        publish_file(tmp, path, replace=replace)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _publish(tmp: Path, path: Path, *, replace: bool) -> None:
+def publish_file(tmp: Path, path: Path, *, replace: bool) -> None:
+    """Put the finished file ``tmp`` in place as ``path``; without ``replace`` never over a file
+    that appeared meanwhile."""
     if replace:
         os.replace(tmp, path)
         return

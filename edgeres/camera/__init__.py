@@ -66,6 +66,7 @@ def run_camera(
     max_frames: int | None = None,
     snapshot_dir: str | Path = ".",
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> CameraSummary:
     """Classify frames from a camera, stream, video file or image folder until it ends or you quit.
 
@@ -86,7 +87,7 @@ def run_camera(
         raise ValueError(f"max_frames must be at least 1. Received: max_frames={max_frames}")
     if smoothing is not None and not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1). Received: smoothing={smoothing}")
-    record_path = check_record_path(record) if record is not None else None
+    record_path = check_record_path(record, force=force) if record is not None else None
     if display:
         check_display()
     def load(m):
@@ -108,7 +109,7 @@ def run_camera(
     inference = Inference(clf, other, frames_box, results_box, smoothing, stop=stop, paused=paused)
     out = Output(clf, other, display=display, record_path=record_path, json_out=json_out,
                   smoothing=smoothing, realtime=realtime, snapshot_dir=Path(snapshot_dir), fps_hint=src.fps,
-                  log=log)
+                  log=log, replace_record=force)
 
     t0 = time.perf_counter()
     reason = EndReason.END_OF_SOURCE

@@ -4,6 +4,7 @@ their checks, and the helpers that print results."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import sys
 from enum import Enum
@@ -62,7 +63,15 @@ def _friendly_errors():
         if isinstance(e, _user_errors()):
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS and e.filename:  # a disk full, or locked, meanwhile
+            typer.secho(f"error: {e.filename}: {e.strerror}; {_DISK_ERRORS[e.errno]}.", fg="red", err=True)
+            raise typer.Exit(EXIT_FAILED)
         raise
+
+
+_DISK_ERRORS = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+                errno.EROFS: "choose a folder on a writable disk", errno.ENOSPC: "free some space",
+                errno.EDQUOT: "free some space"}
 
 
 _MISSING_EXTRA = {

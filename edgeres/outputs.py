@@ -124,7 +124,7 @@ def describe(path: str | Path) -> str:
             return f"an export bundle holding files an export did not write ({_few(foreign)})"
         if not entries:
             return "an empty folder"
-        ours = [f"the {identify(path / e).value} {e}" for e in entries if identify(path / e) is not None]
+        ours = [f"the {identify(path / e).value} {e}" for e in entries[:50] if identify(path / e) is not None]
         return f"a folder holding {_few(ours)}" if ours else f"a folder holding other things ({_few(entries)})"
     if path.is_file():
         return f"a file edgeres did not write ({path.stat().st_size} bytes)"
@@ -312,6 +312,20 @@ def mark_recording(path: str | Path) -> None:
 def mark_pem(pem: bytes) -> bytes:
     """A PEM file's bytes with :data:`CERTIFICATE_MARK` as its first line (OpenSSL skips it)."""
     return CERTIFICATE_MARK.encode() + b"\n" + pem
+
+
+def write_pem(path: str | Path, pem: bytes, *, force: bool = False, private: bool = False,
+              option: str = "--cert-dir") -> Path:
+    """Write a certificate or key (``serve --https``) marked as edgeres's own, whole; ``private``:
+    readable by its owner only. An existing file is replaced only with ``force`` and only when
+    edgeres wrote it (:func:`check_output`)."""
+    path = check_output(path, Kind.CERTIFICATE, force=force, option=option)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with written_file(path, replace=force) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(mark_pem(pem))
+    return path
 
 
 # -- helpers ---------------------------------------------------------------------------------

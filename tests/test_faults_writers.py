@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from edgeres.cli import app
 from edgeres.outputs import (CERTIFICATE_MARK, Kind, OutputError, OutputExistsError, check_output, describe,
-                             identify, mark_pem, written_file)
+                             identify, mark_pem, write_pem, written_file)
 
 runner = CliRunner()
 
@@ -170,6 +170,13 @@ def test_export_out_below_a_file_or_in_a_read_only_folder(trained_run, tmp_path,
     assert list(folder.iterdir()) == [] and a_file.read_text() == "mine\n"
 
 
+def test_export_out_inside_the_data_is_refused(trained_run, small_dataset):
+    before = _digest(small_dataset)
+    code, out = _run("export", trained_run, "--data", small_dataset, "--out", small_dataset / "train" / "b", "--float32")
+    assert code == 2 and "inside --data" in _error_line(out, small_dataset / "train" / "b"), out
+    assert _digest(small_dataset) == before and not (small_dataset / "train" / "b").exists()
+
+
 def test_export_to_an_existing_bundle_says_force(trained_run, tiny_bundle):
     before = _digest(tiny_bundle)
     code, out = _run("export", trained_run, "--out", tiny_bundle, "--float32")
@@ -211,6 +218,9 @@ def test_evaluate_report_refuses_other_folders_and_files(tiny_bundle, small_data
         assert _digest(target) == before
     code, out = _run(*base, "--report", a_file / "r")
     assert code == 2 and "is a file" in _error_line(out, a_file)
+    code, out = _run(*base, "--report", small_dataset / "validation" / "r")
+    assert code == 2 and "inside --data" in _error_line(out, small_dataset / "validation" / "r")
+    assert not (small_dataset / "validation" / "r").exists()
     locked(tmp_path)
     code, out = _run(*base, "--report", tmp_path / "new")
     assert code == 2 and "not writable" in _error_line(out, tmp_path)
@@ -237,7 +247,8 @@ def test_camera_record_replaces_only_its_own_recording(tiny_bundle, photo_dir, t
     assert code == 0 and _digest(rec) != before and identify(rec) is Kind.RECORDING, out
 
 
-def test_camera_record_refuses_a_video_it_did_not_make_and_a_path_below_a_file(tiny_bundle, photo_dir, tmp_path):
+def test_camera_record_refuses_a_video_it_did_not_make_and_a_path_below_a_file(tiny_bundle, photo_dir, tmp_path,
+                                                                               locked):
     holiday = tmp_path / "holiday.mp4"
     holiday.write_bytes(b"\x00\x00\x00\x18ftypmp42 a user's video")
     base = ("camera", tiny_bundle, "--source", photo_dir, "--no-display", "--force", "--record")
@@ -247,6 +258,10 @@ def test_camera_record_refuses_a_video_it_did_not_make_and_a_path_below_a_file(t
     assert holiday.read_bytes() == b"\x00\x00\x00\x18ftypmp42 a user's video"
     code, out = _run(*base, holiday / "rec.mp4")
     assert code == 2 and "is a file" in _error_line(out, holiday / "rec.mp4", holiday)
+    locked(tmp_path)
+    code, out = _run(*base, tmp_path / "new" / "rec.mp4")
+    assert code == 2 and "not writable" in _error_line(out, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.mp4"]
 
 
 # -- train --out ------------------------------------------------------------------------------
@@ -278,9 +293,13 @@ def test_identify_knows_each_artifact_and_nothing_else(tiny_bundle, trained_run,
     assert identify(tiny_bundle) is Kind.BUNDLE and identify(trained_run) is Kind.RUN
     assert identify(tiny_bundle / "calibration.txt") is Kind.MANIFEST
     assert identify(trained_run / "model.keras") is None and identify(tiny_bundle / "labels.txt") is None
-    pem = tmp_path / "cert.pem"
-    pem.write_bytes(mark_pem(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"))
+    pem = write_pem(tmp_path / "cert.pem", b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     assert identify(pem) is Kind.CERTIFICATE and pem.read_text().startswith(CERTIFICATE_MARK)
+    key = write_pem(tmp_path / "key.pem", b"-----BEGIN PRIVATE KEY-----\nMIG\n-----END PRIVATE KEY-----\n", private=True)
+    assert key.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(OutputExistsError, match="Pass --force"):
+        write_pem(key, b"other", private=True)
+    assert write_pem(key, b"new", force=True, private=True).read_bytes() == mark_pem(b"new")
     other = tmp_path / "other.pem"
     other.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     assert identify(other) is None

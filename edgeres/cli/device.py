@@ -100,12 +100,14 @@ def evaluate(
         from edgeres.evaluate import evaluate as run_eval
 
         from edgeres.data import resolve_data_dir
-        from edgeres.outputs import Kind, check_output
+        from edgeres.outputs import Kind, check_not_inside, check_output
 
         if report:
             check_output(report, Kind.REPORT, force=force, option="--report")
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
+        if report:
+            check_not_inside(report, data, "--report", "--data", "its confusion PNGs would be read as a class of photos")
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
         checks = []

@@ -329,3 +329,14 @@ def test_a_file_that_appears_while_writing_is_never_clobbered(tmp_path):
             tmp.write_text("new")
             target.write_text("someone else's")
     assert target.read_text() == "someone else's" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_camera_snapshot_dir_that_is_a_file_is_refused_before_the_window_opens(tiny_bundle, photo_dir, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("DISPLAY", ":99")  # checked before any window is opened: no X server needed
+    a_file = tmp_path / "shots"
+    a_file.write_text("x")
+    for target in (a_file, a_file / "more"):
+        code, out = _run("camera", tiny_bundle, "--source", photo_dir, "--snapshot-dir", target)
+        assert code == 2 and "is a file" in _error_line(out, a_file)
+    assert a_file.read_text() == "x"

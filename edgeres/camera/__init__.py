@@ -39,6 +39,7 @@ from edgeres.camera.output import (BANNER_BGR, NO_GUI_HELP, RECORD_CODECS, WINDO
 from edgeres.camera.pipeline import Capture, End, EndReason, Failure, Inference, Mailbox, Result
 from edgeres.camera.sources import (FOLDER_FPS, CameraError, FolderSource, Source, SourceKind, VideoSource,
                                     open_source, parse_source)
+from edgeres.outputs import check_writable
 from edgeres.runtime import Accelerator, Classifier
 
 __all__ = ["BANNER_BGR", "FOLDER_FPS", "NO_GUI_HELP", "RECORD_CODECS", "WINDOW", "CameraError", "CameraSummary",
@@ -90,6 +91,9 @@ def run_camera(
     record_path = check_record_path(record, force=force) if record is not None else None
     if display:
         check_display()
+        if Path(snapshot_dir).exists() and not Path(snapshot_dir).is_dir():  # the s key writes there
+            raise CameraError(f"--snapshot-dir {snapshot_dir} is a file, not a folder. Choose another --snapshot-dir.")
+        check_writable(Path(snapshot_dir) / "snapshot.png", "--snapshot-dir")
     def load(m):
         return m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator, log=log)
 

@@ -226,10 +226,16 @@ class Output:
     def snapshot(self) -> None:
         if self._last is None:
             return
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = self.snapshot_dir / f"edgeres-{stamp}-frame{self._last_index:06d}.png"
-        if cv2.imwrite(str(path), self._last):
+        try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # the run goes on: a snapshot is not worth ending it
+            self.log(f"edgeres: could not write snapshot {path}: {e.strerror}")
+            return
+        if path.exists():
+            self.log(f"edgeres: {path} exists; snapshot not saved")
+        elif cv2.imwrite(str(path), self._last):
             self.snapshots.append(str(path))
             self.log(f"edgeres: saved {path}")
         else:

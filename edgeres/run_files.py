@@ -14,10 +14,9 @@ import numpy as np
 from edgeres import data as data_lib
 from edgeres.config import TrainConfig, from_dict, versions, write_bytes_atomic, write_json_atomic
 from edgeres.files import is_temp_name
-from edgeres.outputs import Kind, OutputExistsError, check_not_inside, check_output, check_writable
 
 
-class RunExistsError(OutputExistsError):
+class RunExistsError(FileExistsError):
     pass
 
 
@@ -37,6 +36,8 @@ def check_out_is_free(run_dir: Path, log: Callable[[str], None], data: str | Pat
     """``--out`` may take a new run: absent, empty, or a start that died; writable; not inside
     ``data`` (the next scan would find a class named after the run). A run there is continued
     with ``--resume``; anything else is never replaced (:func:`edgeres.outputs.check_output`)."""
+    from edgeres.outputs import Kind, OutputExistsError, check_not_inside, check_output, check_writable
+
     if data is not None:
         check_not_inside(run_dir, data, "--out", "--data",
                          "the next training on it would see a class named after the run folder")

@@ -31,11 +31,10 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeres.calibrate import CalibrationError
     from edgeres.data import DataError
-    from edgeres.outputs import OutputError
     from edgeres.preprocess import ImageError
     from edgeres.runtime import AcceleratorError, ModelError
 
-    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError, OutputError,
+    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
                          ("edgeres.clients", "ClientError"),
@@ -43,6 +42,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         mod = sys.modules.get(module)  # only modules already imported can have raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))
+    from edgeres.outputs import OutputError  # every writer's refusal (light: no heavy imports)
+
+    errors.append(OutputError)
     return tuple(errors)
 
 

@@ -4,6 +4,7 @@ evaluate, bench, camera, serve; and doctor, which says what this machine can do.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -102,12 +103,12 @@ def evaluate(
         from edgeres.data import resolve_data_dir
         from edgeres.outputs import Kind, check_not_inside, check_output
 
-        if report:
+        if report:  # before any work: a target that may not be written, or inside the photos
             check_output(report, Kind.REPORT, force=force, option="--report")
-
+            if data or os.environ.get("EDGERES_DATA"):
+                check_not_inside(report, data or os.environ["EDGERES_DATA"], "--report", "--data",
+                                 "its confusion PNGs would be read as a class of photos")
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
-        if report:
-            check_not_inside(report, data, "--report", "--data", "its confusion PNGs would be read as a class of photos")
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
         checks = []
@@ -130,7 +131,7 @@ def evaluate(
                 checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
                           for m in models]
         if report:
-            ev.save_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
+            ev.write_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
         if json_out:
             typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
             return

@@ -99,8 +99,6 @@ def evaluate(
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
-
-        from edgeres.data import resolve_data_dir
         from edgeres.outputs import Kind, check_not_inside, check_output
 
         if report:  # before any work: a target that may not be written, or inside the photos
@@ -108,6 +106,8 @@ def evaluate(
             if data or os.environ.get("EDGERES_DATA"):
                 check_not_inside(report, data or os.environ["EDGERES_DATA"], "--report", "--data",
                                  "its confusion PNGs would be read as a class of photos")
+        from edgeres.data import resolve_data_dir
+
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)

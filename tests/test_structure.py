@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeres"
 
 # Bottom to top. A module (a file, or a package folder taken whole) belongs to exactly one layer.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("shared", {"_stderr", "preprocess", "files", "tflite", "plots", "config", "metadata"}),
+    ("shared", {"_stderr", "preprocess", "files", "outputs", "tflite", "plots", "config", "metadata"}),
     ("data", {"data", "calibrate"}),
     ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "bench", "clients", "doctor", "doctor_device"}),
     ("pipeline", {"pipeline"}),

@@ -4,6 +4,7 @@ their checks, and the helpers that print results."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import sys
 from enum import Enum
@@ -41,6 +42,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         mod = sys.modules.get(module)  # only modules already imported can have raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))
+    from edgeres.outputs import OutputError  # every writer's refusal (light: no heavy imports)
+
+    errors.append(OutputError)
     return tuple(errors)
 
 
@@ -61,7 +65,15 @@ def _friendly_errors():
         if isinstance(e, _user_errors()):
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS and e.filename:  # a disk full, or locked, meanwhile
+            typer.secho(f"error: {e.filename}: {e.strerror}; {_DISK_ERRORS[e.errno]}.", fg="red", err=True)
+            raise typer.Exit(EXIT_FAILED)
         raise
+
+
+_DISK_ERRORS = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+                errno.EROFS: "choose a folder on a writable disk", errno.ENOSPC: "free some space",
+                errno.EDQUOT: "free some space"}
 
 
 _MISSING_EXTRA = {

@@ -4,6 +4,7 @@ evaluate, bench, camera, serve; and doctor, which says what this machine can do.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -88,6 +89,7 @@ def evaluate(
     client: Annotated[Optional[Client], typer.Option(help="Also run each model through this client on the same files and report its accuracy and agreement with edgeres. mediapipe: MediaPipe Tasks ImageClassifier, decoding and resizing the files itself as an app does (interpreter: $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe).")] = None,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --report folder; only a report edgeres evaluate wrote is ever replaced.")] = False,
 ):
     """Accuracy (95% CI), per-class precision/recall and confusion of each model; agreement between them.
 
@@ -98,7 +100,13 @@ def evaluate(
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
+        from edgeres.outputs import Kind, check_not_inside, check_output
 
+        if report:  # before any work: a target that may not be written, or inside the photos
+            check_output(report, Kind.REPORT, force=force, option="--report")
+            if data or os.environ.get("EDGERES_DATA"):
+                check_not_inside(report, data or os.environ["EDGERES_DATA"], "--report", "--data",
+                                 "its confusion PNGs would be read as a class of photos")
         from edgeres.data import resolve_data_dir
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
@@ -124,9 +132,7 @@ def evaluate(
                 checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
                           for m in models]
         if report:
-            ev.save_report(report)
-            if checks:
-                (report / "clients.json").write_text(json.dumps([c.to_dict() for c in checks], indent=2) + "\n")
+            ev.write_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
         if json_out:
             typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
             return
@@ -203,6 +209,7 @@ def camera(
     source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), /dev/videoN, a video FILE, a stream URL (rtsp://, http://) or a DIR of images.")] = "0",
     no_display: Annotated[bool, typer.Option("--no-display", help="No window (devices without a screen): use --json and/or --record.")] = False,
     record: Annotated[Optional[Path], typer.Option(help="Write the annotated video: .mp4 (mp4v) or .avi (MJPG).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --record file; only a recording edgeres camera made is ever replaced.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per processed frame on stdout (index, timestamp, label, score, latency).")] = False,
     compare: Annotated[Optional[Path], typer.Option(help="A second model run on the same frames (e.g. float32 beside int8), with the running disagreement rate.")] = None,
     realtime: Annotated[Optional[bool], typer.Option("--realtime/--every-frame", help="Keep only the newest frame (default for cameras and URLs) or process every frame (default for files and folders: reproducible).")] = None,
@@ -229,7 +236,7 @@ def camera(
             model, source=source, display=not no_display, record=record,
             json_out=sys.stdout if json_out else None, compare=compare, accelerator=accelerator,
             threads=threads, realtime=realtime, smoothing=smoothing, max_frames=max_frames,
-            snapshot_dir=snapshot_dir,
+            snapshot_dir=snapshot_dir, force=force,
         )
         typer.echo(summary.format(), err=True)
         if summary.ended is EndReason.INTERRUPTED:

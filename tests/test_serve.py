@@ -282,89 +282,30 @@ def test_pin_batch_changes_only_the_signature(tiny_bundle):
         pinned_path.unlink()
 
 
-def test_server_serves_only_the_page_assets_and_bundle(tiny_bundle, fake_assets, tmp_path):
-    """Path traversal, encoded or not, and symlinks out of the bundle are refused."""
-    from edgeres.serve import make_server, serve_in_thread
-
-    bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    secret = tmp_path / "secret.txt"
-    secret.write_text("SECRET beside the bundle")
-    (bundle / "escape.txt").symlink_to(secret)
-    (bundle / "sub").mkdir()
-    (bundle / "sub" / "inner.txt").write_text("SECRET in a subfolder")
-    server = make_server(bundle, port=0, assets=fake_assets)
-    serve_in_thread(server)
-    try:
-        url = server.url
-        status, body = _get(url, "/")
-        assert status == 200 and b"<title>edgeres</title>" in body
-        status, body = _get(url, "/bundle/config.json")
-        config = json.loads(body)
-        assert status == 200 and config["labels"] == json.loads((bundle / "edgeres.json").read_text())["labels"]
-        assert [m["variant"] for m in config["models"]] == ["int8", "float32"]
-        assert _get(url, "/bundle/labels.txt") == (200, (bundle / "labels.txt").read_bytes())
-        assert _get(url, "/vendor/litertjs/core/index.js")[0] == 200
-        status, body = _get(url, "/bundle/model_int8.tflite")
-        assert status == 200 and len(body) == (bundle / "model_int8.tflite").stat().st_size
-        refused = [
-            "/bundle/../edgeres/serve.py", "/bundle/..%2f..%2fsecret.txt", "/bundle/%2e%2e/secret.txt",
-            "/%2e%2e/%2e%2e/etc/passwd", "/../../../../etc/passwd", "/vendor/../../serve.py",
-            "/vendor/..%2F..%2F..%2Fserve.py", "/bundle//etc/passwd", "/bundle/%2Fetc%2Fpasswd",
-            "/bundle/escape.txt", "/bundle/sub/inner.txt", "/bundle/./labels.txt", "/serve.py",
-            "/edgeres/serve.py", "/web/app.js", "/copy_vendor.mjs", "/etc/passwd", f"/{secret}",
-            "/bundle/..\\secret.txt",
-        ]
-        for path in refused:
-            status, body = _get(url, path)
-            assert status == 404, (path, status)
-            assert b"SECRET" not in body and b"root:" not in body
-        assert _get(url, "/bundle/labels.txt", method="POST")[0] == 501
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_serve_errors_are_one_clear_line(tiny_bundle, fake_assets, tmp_path):
-    # A port in use.
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        out = cli("serve", tiny_bundle, "--port", port, rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
-    assert f"port {port}" in out.stderr and "in use" in out.stderr and "--port" in out.stderr
-    assert "Traceback" not in out.stderr
-    # A bundle without models.
-    empty = tmp_path / "empty-bundle"
-    empty.mkdir()
-    (empty / "edgeres.json").write_text(json.dumps({"name": "x", "labels": ["a", "b"], "models": {}}))
-    out = cli("serve", empty, rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
-    assert "no .tflite model" in out.stderr and "edgeres export" in out.stderr
-    # Missing JS assets: the message says how to get them.
-    out = cli("serve", tiny_bundle, "--port", 0, rc=2, env={"EDGERES_WEB_ASSETS": str(tmp_path / "nothing")})
-    assert "assets are missing" in out.stderr and "npm ci" in out.stderr
-    # Not a directory.
-    out = cli("serve", tiny_bundle / "labels.txt", rc=2, env={"EDGERES_WEB_ASSETS": str(fake_assets)})
-    assert "bundle directory" in out.stderr
-
-
 def test_serve_https_for_a_phone_prints_url_and_qr(tiny_bundle, fake_assets):
-    """--host 0.0.0.0 --https: a self-signed certificate, the URLs, a QR code of the network URL."""
+    """--host 0.0.0.0 --https: a self-signed certificate, the URLs, a QR code of the network URL,
+    what the network can reach; and Ctrl+C stops it even when started with SIGINT ignored (as a
+    background job or a test runner may start it: Python then never raises KeyboardInterrupt)."""
     import signal
     import ssl
 
     proc = subprocess.Popen([*EDGERES, "serve", str(tiny_bundle), "--host", "0.0.0.0", "--port", "0", "--https"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**ENV, "EDGERES_WEB_ASSETS": str(fake_assets)})
+                            env={**ENV, "EDGERES_WEB_ASSETS": str(fake_assets)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines = []
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not any("Ctrl+C" in line for line in lines):
             assert proc.poll() is None and time.monotonic() < deadline, (lines, proc.stderr.read() if proc.poll() is not None else "")
             lines.append(proc.stdout.readline())
         text = "".join(lines)
         page = next(line.split("page: ")[1].strip() for line in lines if "page: " in line)
         assert page.startswith("https://127.0.0.1:")
+        reachable = next(line for line in lines if "reachable by every network" in line)
+        named = sorted({m["file"] for m in json.loads((tiny_bundle / "edgeres.json").read_text())["models"].values()}
+                       | {"labels.txt"})
+        assert f"only: {', '.join(named)} (nothing else" in reachable, reachable
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -385,8 +326,13 @@ def test_serve_https_for_a_phone_prints_url_and_qr(tiny_bundle, fake_assets):
                 assert _decode_terminal_qr(text) == lan[0]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0 and "stopped" in out
+        try:  # the server stops within its 0.5 s poll; the margin is for a loaded machine
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("edgeres serve did not stop on SIGINT")
+    assert proc.returncode == 0 and "stopped" in out, (proc.returncode, err[-2000:])
 
 
 def _decode_terminal_qr(text: str) -> str:

@@ -23,14 +23,16 @@ ASSETS_HINT = ("get them with `npm ci` in the edgeres source checkout (needs Nod
                "holding them")
 
 
+class ServeError(RuntimeError):
+    """A bundle, asset or network problem the user can fix; the message says how."""
+
+
 def vendor_dir() -> Path:
     return Path(os.environ.get(ASSETS_ENV) or WEB_DIR / "vendor")
 
 
 def check_assets(directory: Path | None = None) -> Path:
     """The folder holding the LiteRT.js files, or ServeError naming what is missing."""
-    from edgeres.serve_files import ServeError
-
     directory = Path(directory or vendor_dir())
     missing = [name for name in REQUIRED_ASSETS if not (directory / name).is_file()]
     if missing:

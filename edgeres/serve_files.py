@@ -20,17 +20,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeres.serve_assets import ASSETS_ENV, ASSETS_HINT, REQUIRED_ASSETS, check_assets, vendor_dir  # noqa: F401
+from edgeres.serve_assets import ServeError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_FILES = ("index.html", "app.js", "pixels.js", "style.css")
 CONFIG_NAME = "config.json"  # served as /bundle/config.json, made here from edgeres.json + the models
 MODEL_ORDER = ("int8", "float16", "dynamic", "float32")
 LABELS_FILE = "labels.txt"
-
-
-class ServeError(RuntimeError):
-    """A bundle, asset or network problem the user can fix; the message says how."""
 
 
 def pin_batch(data: bytes) -> tuple[bytes, int]:

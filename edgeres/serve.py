@@ -193,7 +193,8 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, http
           log=print) -> None:
     """Serve ``bundle`` until Ctrl+C, printing the URL (and a QR code for a phone)."""
     served = load_bundle(bundle)
-    server = make_server(served, host=host, port=port, https=https)
+    assets = check_assets(log=log)  # fetched once from the npm registry when not here yet
+    server = make_server(served, host=host, port=port, https=https, assets=assets)
     models = ", ".join(f"{m['variant']} ({m['bytes'] / 1e6:.1f} MB)" for m in served.config["models"])
     log(f"edgeres serve: {served.config['name']}: {models}")
     if any(m["batch_pinned"] for m in served.config["models"]):

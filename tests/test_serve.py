@@ -3,7 +3,7 @@
 The browser tests drive the Debian ``chromium`` over the DevTools protocol on a pipe
 (``--remote-debugging-pipe``: no websocket library needed) with a fake camera that plays a
 y4m clip made here from real photos, and compare what the page reports with ``edgeres predict``.
-They need ``chromium`` and the LiteRT.js assets (``npm ci``); CI installs both.
+They need ``chromium`` and the LiteRT.js assets (``npm ci``, or fetched once from the npm registry).
 """
 
 from __future__ import annotations

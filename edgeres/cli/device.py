@@ -287,7 +287,7 @@ def serve(
 
     The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the files the bundle's edgeres.json names (its models, labels.txt, runtime probes) are served, never the rest of the folder. A folder without edgeres.json is refused; one .tflite file can be served by itself. Ctrl+C stops.
 
-    The JS/WASM files come from `npm ci` in the edgeres checkout (once). A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
+    The page's JS/WASM files (LiteRT.js, pinned) come from `npm ci` in a checkout, or edgeres fetches them once from the npm registry (checked against package-lock.json's hash, cached in ~/.cache/edgeres); no Node needed. A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
 
     Example: edgeres serve export/cats-dogs
     Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https

@@ -419,7 +419,7 @@ def page(tiny_bundle, photos_root, tmp_path_factory):
     serve_in_thread(server)
     browser = Chromium(CHROMIUM, camera_clip=clip)
     try:
-        browser.goto(server.url + "?autostart=1&record=6&frames=1")
+        browser.goto(server.url + "?autostart=1&record=6&frames=1&compare=1")
         browser.wait_for("window.edgeres && window.edgeres.app.ready", timeout=90)
         yield {"browser": browser, "server": server, "bundle": tiny_bundle, "work": work,
                "scenes": {c: scenes[c] for c in chosen}, "scene_predictions": scene_predictions}
@@ -492,6 +492,35 @@ def test_camera_labels_match_predict_on_the_same_frames(page):
         assert f32["label"] == ref.label and abs(f32["score"] - ref.score) < 1e-4, (f32, ref)
     labels_seen = {next(x for x in r["results"] if x["variant"] == "int8")["label"] for r in records}
     assert len(labels_seen) == 2, "the page's answer never changed although the clip did"
+
+
+@needs_browser
+def test_the_picked_model_runs_on_every_frame_the_others_only_in_compare_mode(page):
+    browser = page["browser"]
+
+    def variants_per_frame(n: int = 4) -> list[list[str]]:
+        browser.evaluate("window.edgeres.takeRecords()")  # drop frames from before the switch
+        seen, deadline = [], time.monotonic() + 120
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.3)
+            seen += [[x["variant"] for x in r["results"]] for r in browser.evaluate("window.edgeres.takeRecords()")
+                     if r["source"] == "camera"]
+        assert len(seen) >= n, f"only {len(seen)} camera frames in 120 s"
+        return seen[1:]  # the first may have started before the switch
+
+    try:
+        browser.evaluate("window.edgeres.setCompare(false)")
+        assert all(v == ["int8"] for v in variants_per_frame()), "compare off: only the picked int8 runs"
+        result = browser.evaluate("({...document.getElementById('result').dataset})")
+        assert result["model"] == "int8" and result["compare"] == "0"
+        browser.evaluate("window.edgeres.pick('float32')")
+        assert all(v == ["float32"] for v in variants_per_frame())
+        assert browser.evaluate("document.getElementById('result').dataset.model") == "float32"
+        browser.evaluate("window.edgeres.setCompare(true)")
+        assert all(v == ["float32", "int8"] for v in variants_per_frame()), "compare: every model, picked first"
+        assert browser.evaluate("document.getElementById('compare').checked") is True
+    finally:  # the module's other tests expect int8 picked, compare on
+        browser.evaluate("window.edgeres.pick('int8').then(() => window.edgeres.setCompare(true))")
 
 
 @needs_browser

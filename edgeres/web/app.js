@@ -1,14 +1,19 @@
 // The edgeres page: the bundle's .tflite models in the browser (LiteRT.js, WebAssembly CPU),
-// on a live camera or a photo, int8 and float32 side by side. Served by `edgeres serve`.
+// on a live camera or a photo. Served by `edgeres serve`.
+//
+// Every frame runs the model the user picked (int8 unless told otherwise); the others run only
+// in compare mode, side by side, so a slow float32 never throttles the int8 camera.
 //
 // URL parameters: autostart=1 starts the camera at once; facing=user|environment picks the
-// camera; models=int8,float32 loads only those; threads=0 forces one thread; record=N keeps the
+// camera; model=float32 picks the model; compare=1 runs every loaded model on every frame;
+// models=int8,float32 loads only those; threads=0 forces one thread; record=N keeps the
 // last N inputs and answers for window.edgeres.takeRecords() (test harnesses), frames=1 with
 // the whole frame each was computed from.
 //
-// #result carries the latest answer of the first model for any harness: data-label,
-// data-score, data-frames (camera frames classified), data-source, data-fps, data-latency-ms,
-// data-<variant>-label / -score for every model, data-error when something failed.
+// #result carries the latest answer of the picked model for any harness: data-label,
+// data-score, data-model, data-frames (camera frames classified), data-source, data-fps,
+// data-latency-ms, data-compare, data-<variant>-label / -score for every model run, data-error
+// when something failed.
 
 import { RESIZE_RULES, toPixels } from './pixels.js';
 import * as litert from './vendor/litertjs/core/index.js';
@@ -22,7 +27,10 @@ const DISAGREE = 'rgb(230, 126, 34)';
 
 const app = {
   config: null,
-  models: [], // {variant, file, input, output, compiled}
+  models: [], // {variant, file, input, output, compiled (null until first needed)}
+  selected: null, // the variant every frame runs
+  compare: params.get('compare') === '1', // run every model on every frame
+  numThreads: 1,
   size: [0, 0], // [H, W]
   resize: 'bilinear',
   runtime: '',
@@ -63,6 +71,7 @@ async function init() {
   setStatus('loading LiteRT.js…');
   await litert.loadLiteRt(new URL('vendor/litertjs/wasm/', location.href).href, { threads: threaded });
   app.runtime = `LiteRT.js ${versions['@litertjs/core'] || ''} (WebAssembly, ${numThreads} thread${numThreads > 1 ? 's' : ''})`;
+  app.numThreads = numThreads;
 
   const wanted = params.get('models') ? params.get('models').split(',') : null;
   for (const m of config.models) {
@@ -70,18 +79,55 @@ async function init() {
     if (!['uint8', 'float32'].includes(m.input.dtype)) {
       throw new Error(`${m.file}: input dtype ${m.input.dtype} is not supported by LiteRT.js (uint8 or float32)`);
     }
-    setStatus(`loading ${m.file} (${(m.bytes / 1e6).toFixed(1)} MB)…`);
-    const compiled = await litert.loadAndCompile(new URL(m.url, location.href).href,
-      { accelerator: 'wasm', cpuOptions: { numThreads } });
-    app.models.push({ ...m, compiled });
+    app.models.push({ ...m, compiled: null });
   }
   if (!app.models.length) throw new Error(`no model matches models=${params.get('models')} (bundle has ${config.models.map((m) => m.variant)})`);
+  const picked = params.get('model');
+  if (picked && !app.models.some((m) => m.variant === picked)) {
+    throw new Error(`model=${picked}: not among the loaded models (${app.models.map((m) => m.variant)})`);
+  }
+  app.selected = picked || app.models[0].variant;
+  for (const m of running()) await compile(m);
   showModelCards();
+  $('compare').checked = app.compare;
+  $('compare').disabled = app.models.length < 2;
   app.ready = true;
-  setStatus(`ready: ${app.models.map((m) => m.variant).join(' + ')} on ${app.runtime}`);
+  setStatus(`ready: ${running().map((m) => m.variant).join(' + ')} on ${app.runtime}`);
   $('start').disabled = false;
   $('switch').disabled = false;
   if (params.get('autostart') === '1') await startCamera();
+}
+
+/** The models every frame runs: the picked one, or all of them in compare mode (picked first). */
+function running() {
+  const picked = app.models.find((m) => m.variant === app.selected);
+  return app.compare ? [picked, ...app.models.filter((m) => m !== picked)] : [picked];
+}
+
+async function compile(m) {
+  if (m.compiled) return m.compiled;
+  m.compiling ??= (async () => {
+    setStatus(`loading ${m.file} (${(m.bytes / 1e6).toFixed(1)} MB)…`);
+    m.compiled = await litert.loadAndCompile(new URL(m.url, location.href).href,
+      { accelerator: 'wasm', cpuOptions: { numThreads: app.numThreads } });
+    return m.compiled;
+  })();
+  return m.compiling;
+}
+
+async function pick(variant) {
+  const m = app.models.find((x) => x.variant === variant);
+  if (!m) throw new Error(`no model ${variant} on this page (${app.models.map((x) => x.variant)})`);
+  await compile(m);
+  app.selected = variant;
+  markCards();
+}
+
+async function setCompare(on) {
+  app.compare = Boolean(on);
+  $('compare').checked = app.compare;
+  if (app.compare) for (const m of app.models) await compile(m);
+  markCards();
 }
 
 async function supported(feature) {
@@ -101,11 +147,13 @@ async function fetchJson(url) {
 
 // -- the model -----------------------------------------------------------------------------------
 
-/** Run every loaded model on model-sized RGB pixels; latency covers input, invoke and output. */
-async function classify(pixels) {
+/** Run the picked model (every model in compare mode, or those given) on model-sized RGB
+ * pixels; latency covers input, invoke and output. */
+async function classify(pixels, models = running()) {
   const [H, W] = app.size;
   const results = [];
-  for (const m of app.models) {
+  for (const m of models) {
+    await compile(m);
     const t0 = performance.now();
     const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, H, W, 3]);
     let outputs;
@@ -192,12 +240,18 @@ function publish(results, info) {
   el.dataset.model = first.variant;
   el.dataset.latencyMs = first.latencyMs.toFixed(2);
   el.dataset.fps = info.fps == null ? '' : info.fps.toFixed(2);
+  el.dataset.compare = app.compare ? '1' : '0';
   for (const r of results) {
     el.dataset[camel(`${r.variant}-label`)] = r.label;
     el.dataset[camel(`${r.variant}-score`)] = r.score.toFixed(6);
   }
   el.textContent = `${first.label} ${(100 * first.score).toFixed(1)}%` +
     (info.source === 'file' ? ` (${info.name})` : '');
+  for (const card of document.querySelectorAll('.model')) {
+    if (!results.some((r) => r.variant === card.dataset.variant)) {
+      card.querySelector('.meta').textContent = 'not run: pick it, or compare';
+    }
+  }
   for (const r of results) {
     const card = document.querySelector(`.model[data-variant="${r.variant}"]`);
     if (!card) continue;
@@ -313,6 +367,7 @@ async function classifyFile(file) {
 
 function wireControls() {
   $('start').addEventListener('click', () => (app.running ? stopCamera() : startCamera()));
+  $('compare').addEventListener('change', (e) => setCompare(e.target.checked).catch(fail));
   $('switch').addEventListener('click', () => {
     app.facing = app.facing === 'user' ? 'environment' : 'user';
     if (app.running) startCamera();
@@ -378,9 +433,28 @@ function showModelCards() {
     label.className = 'label';
     const meta = el('div', `${(m.bytes / 1e6).toFixed(1)} MB`);
     meta.className = 'meta';
-    card.append(el('h3', m.variant), label, bar, meta);
+    const radio = el('input');
+    radio.type = 'radio';
+    radio.name = 'pick';
+    radio.value = m.variant;
+    radio.addEventListener('change', () => pick(m.variant).catch(fail));
+    const title = el('label');
+    title.append(radio, ` ${m.variant}`);
+    const heading = el('h3');
+    heading.append(title);
+    card.append(heading, label, bar, meta);
     return card;
   }));
+  markCards();
+}
+
+function markCards() {
+  for (const card of document.querySelectorAll('.model')) {
+    const on = card.dataset.variant === app.selected;
+    card.classList.toggle('picked', on);
+    card.classList.toggle('idle', !on && !app.compare);
+    card.querySelector('input[name=pick]').checked = on;
+  }
 }
 
 function el(tag, text) {
@@ -426,6 +500,8 @@ window.edgeres = {
   toPixels,
   classify,
   classifyFile,
+  pick,
+  setCompare,
   startCamera,
   stopCamera,
   /** The recorded inputs (base64 RGB) and answers since the last call (needs ?record=N). */

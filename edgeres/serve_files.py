@@ -23,7 +23,7 @@ from pathlib import Path
 from edgeres.serve_assets import ServeError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-PAGE_FILES = ("index.html", "app.js", "pixels.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "pixels.js", "runtime_check.js", "style.css")
 CONFIG_NAME = "config.json"  # served as /bundle/config.json, made here from edgeres.json + the models
 MODEL_ORDER = ("int8", "float16", "dynamic", "float32")
 LABELS_FILE = "labels.txt"

@@ -589,3 +589,138 @@ def test_page_shows_the_bundle_facts(page):
     for variant in ("int8", "float32"):
         assert f"{variant} accuracy{100 * info['verification'][variant]['accuracy']:.1f}%" in table
     assert f"{100 * info['verification']['agreement']:.1f}%" in table
+
+
+# -- the page checks its own runtime (issue 22) and says "not sure" (issue 26) ----------------
+
+
+def add_runtime_record(bundle: Path, photos: list[Path]) -> dict:
+    """Write what export records for each runtime (CONTRACT.md): the probes' pixels as
+    runtime_probes.bin and edgeres.json "runtimes", from the int8 model run here on LiteRT's
+    XNNPACK and built-in kernels; plus one made-up runtime 3 steps off on 2 probes, so the
+    page's comparison has a known difference to find."""
+    import platform
+
+    from edgeres.runtime import Classifier
+
+    info = json.loads((bundle / "edgeres.json").read_text())
+    outputs = {}
+    for kernels in ("xnnpack", "builtin"):
+        clf = Classifier(bundle / "model_int8.tflite", accelerator="cpu", kernels=kernels, threads=1, log=lambda m: None)
+        pixels = np.stack([to_pixels(decode(p), clf.input_size, clf.resize) for p in photos])
+        outputs[f"{kernels}/{platform.machine().lower()}"] = [
+            clf.invoke(clf.quantize_input(px)).reshape(-1).astype(int).tolist() for px in pixels]
+    xnnpack = next(iter(outputs.values()))
+    perturbed = [row[:] for row in xnnpack]
+    for i in (0, 3):
+        top = int(np.argmax(perturbed[i]))
+        perturbed[i][top] = max(0, perturbed[i][top] - 3)
+    outputs["perturbed/test"] = perturbed
+    (bundle / "runtime_probes.bin").write_bytes(pixels.tobytes())
+    info["runtimes"] = {
+        "model": "model_int8.tflite",
+        "probes": {"file": "runtime_probes.bin", "n": len(photos), "shape": list(pixels.shape),
+                   "sources": [p.name for p in photos]},
+        "outputs": outputs, "tolerance_steps": 12, "pairs": [],
+    }
+    (bundle / "edgeres.json").write_text(json.dumps(info, indent=1))
+    return info["runtimes"]
+
+
+def expected_comparison(mine: list[list[int]], theirs: list[list[int]]) -> dict:
+    a, b = np.array(mine), np.array(theirs)
+    return {"n": len(a), "identical": int((a == b).all(axis=1).sum()), "max_steps": int(np.abs(a - b).max()),
+            "flips": int((a.argmax(axis=1) != b.argmax(axis=1)).sum())}
+
+
+@pytest.fixture(scope="module")
+def checked_page(tiny_bundle, photos_root, tmp_path_factory):
+    """The tiny bundle with a per-runtime record and an "uncertain" threshold between the top
+    scores of the photos the tests drop, open in Chromium."""
+    from edgeres.serve import check_assets, make_server, serve_in_thread, ServeError
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    try:
+        check_assets()
+    except ServeError as e:
+        pytest.skip(str(e))
+    bundle = tmp_path_factory.mktemp("checked") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    photos = sample_photos(photos_root, 60)
+    runtimes = add_runtime_record(bundle, photos[:8] + photos[-8:])
+    # The threshold in the widest gap between the top scores of 8 other photos, so that each
+    # photo is clearly on one side (the page's scores equal predict's within 1e-5).
+    dropped = photos[20:24] + photos[-24:-20]
+    scores = predict_json(bundle, dropped)
+    ranked = sorted(scores.values(), key=lambda r: r["score"])
+    gap = max(range(1, len(ranked)), key=lambda i: ranked[i]["score"] - ranked[i - 1]["score"])
+    threshold = round((ranked[gap]["score"] + ranked[gap - 1]["score"]) / 2, 4)
+    assert ranked[gap]["score"] - ranked[gap - 1]["score"] > 0.01, [r["score"] for r in ranked]
+    info = json.loads((bundle / "edgeres.json").read_text())
+    info["uncertain"] = {"threshold": threshold, "source": "manual", "rule": "set by the test"}
+    (bundle / "edgeres.json").write_text(json.dumps(info, indent=1))
+
+    server = make_server(bundle, port=0)
+    serve_in_thread(server)
+    browser = Chromium(CHROMIUM)
+    try:
+        browser.goto(server.url + "?record=4")
+        browser.wait_for("window.edgeres && window.edgeres.app.ready", timeout=90)
+        yield {"browser": browser, "bundle": bundle, "runtimes": runtimes, "threshold": threshold,
+               "dropped": dropped, "scores": scores}
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+
+
+@needs_browser
+def test_page_compares_its_runtime_with_the_bundle_record(checked_page):
+    browser, runtimes = checked_page["browser"], checked_page["runtimes"]
+    status = browser.wait_for("['done', 'error'].find((s) => (document.getElementById('result').dataset"
+                              ".runtimeCheckStatus || '').startsWith(s)) && document.getElementById('result')"
+                              ".dataset.runtimeCheckStatus", timeout=120)
+    assert status == "done", status
+    figure = json.loads(browser.evaluate("document.getElementById('result').dataset.runtimeCheck"))
+    assert figure["runtime"] == "wasm" and figure["n"] == runtimes["probes"]["n"]
+    assert set(figure["against"]) == set(runtimes["outputs"])
+    mine = browser.evaluate("window.edgeres.app.runtimeCheck.outputs")
+    for name, recorded in runtimes["outputs"].items():  # the figures are what the outputs say
+        got = {k: figure["against"][name][k] for k in ("n", "identical", "max_steps", "flips")}
+        assert got == expected_comparison(mine, recorded), name
+    # LiteRT.js is XNNPACK compiled to WebAssembly: within the bundle's tolerance of x86 XNNPACK.
+    xnnpack = next(name for name in runtimes["outputs"] if name.startswith("xnnpack/"))
+    assert figure["against"][xnnpack]["max_steps"] <= runtimes["tolerance_steps"]
+    # The made-up runtime differs from x86 XNNPACK by 3 steps on probes 0 and 3: the page sees it.
+    wasm_vs_xnnpack = np.abs(np.array(mine) - np.array(runtimes["outputs"][xnnpack]))
+    if wasm_vs_xnnpack.max() == 0:
+        assert figure["against"]["perturbed/test"]["identical"] == figure["n"] - 2
+        assert figure["against"]["perturbed/test"]["max_steps"] == 3
+    shown = browser.evaluate("document.getElementById('runtime-check').textContent")
+    c = figure["against"][xnnpack]
+    assert f"WebAssembly vs {xnnpack}: {c['identical']}/{c['n']} identical, max {c['max_steps']} step" in shown
+    assert f"{c['flips']} flip" in shown
+
+
+@needs_browser
+def test_an_answer_below_the_threshold_says_not_sure(checked_page):
+    browser, threshold = checked_page["browser"], checked_page["threshold"]
+    seen = set()
+    for photo in checked_page["dropped"]:
+        data = base64.b64encode(photo.read_bytes()).decode()
+        browser.evaluate(f"""(async () => {{
+            const bytes = Uint8Array.from(atob('{data}'), (c) => c.charCodeAt(0));
+            await window.edgeres.classifyFile(new File([bytes], '{photo.name}', {{ type: 'image/jpeg' }}));
+        }})()""", timeout=120)
+        result = browser.evaluate("({...document.getElementById('result').dataset,"
+                                  " text: document.getElementById('result').textContent})")
+        ref = checked_page["scores"][photo.name]
+        assert result["label"] == ref["label"] and ref["label"] in result["text"], (photo.name, result)
+        below = ref["score"] < threshold
+        assert result["uncertain"] == ("true" if below else "false"), (photo.name, ref["score"], threshold, result)
+        assert ("not sure" in result["text"]) == below, (photo.name, result["text"])
+        seen.add(below)
+    assert seen == {True, False}, "the photos should fall on both sides of the threshold"
+    facts = browser.evaluate("document.getElementById('facts').textContent")
+    assert f"top score below {threshold}" in facts

@@ -11,11 +11,14 @@
 // the whole frame each was computed from.
 //
 // #result carries the latest answer of the picked model for any harness: data-label,
-// data-score, data-model, data-frames (camera frames classified), data-source, data-fps,
+// data-score, data-uncertain (true when the score is below the bundle's "uncertain" threshold:
+// the text then says "not sure", the label stays), data-model, data-frames (camera frames classified), data-source, data-fps,
 // data-latency-ms, data-compare, data-<variant>-label / -score for every model run, data-error
-// when something failed.
+// when something failed; data-runtime-check (JSON: this runtime's agreement with each runtime
+// the bundle recorded, see runtime_check.js) and data-runtime-check-status (running/done/error).
 
 import { RESIZE_RULES, toPixels } from './pixels.js';
+import { checkRuntime, describe as describeCheck } from './runtime_check.js';
 import * as litert from './vendor/litertjs/core/index.js';
 
 const params = new URLSearchParams(location.search);
@@ -44,7 +47,16 @@ const app = {
   recordFrames: params.get('frames') === '1', // records keep the whole frame too (large)
   error: null,
   ready: false,
+  runtimeCheck: null, // this runtime vs the bundle's recorded runtimes, once the probes ran
 };
+
+// One model run at a time: the camera loop and the runtime check share the compiled models.
+let queue = Promise.resolve();
+function exclusive(fn) {
+  const run = queue.then(fn, fn);
+  queue = run.catch(() => {});
+  return run;
+}
 
 const video = $('video');
 const view = $('view');
@@ -95,6 +107,7 @@ async function init() {
   setStatus(`ready: ${running().map((m) => m.variant).join(' + ')} on ${app.runtime}`);
   $('start').disabled = false;
   $('switch').disabled = false;
+  if (config.runtimes) selfCheck(config.runtimes).catch(failCheck);
   if (params.get('autostart') === '1') await startCamera();
 }
 
@@ -158,7 +171,7 @@ async function classify(pixels, models = running()) {
     const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, H, W, 3]);
     let outputs;
     try {
-      outputs = await m.compiled.run(tensor);
+      outputs = await exclusive(() => m.compiled.run(tensor));
     } finally {
       tensor.delete();
     }
@@ -169,10 +182,64 @@ async function classify(pixels, models = running()) {
     let index = 0;
     for (let i = 1; i < probs.length; i++) if (probs[i] > probs[index]) index = i;
     results.push({ variant: m.variant, label: app.config.labels[index], index, score: probs[index],
-                   probs: Array.from(probs), latencyMs });
+                   uncertain: isUncertain(probs[index]), probs: Array.from(probs), latencyMs });
   }
   return results;
 }
+
+// -- the runtime checks itself against the bundle's record ---------------------------------------
+
+async function selfCheck(runtimes) {
+  const described = app.config.models.find((m) => m.file === runtimes.model);
+  if (!described) throw new Error(`the runtime record's model ${runtimes.model} is not served`);
+  const m = app.models.find((x) => x.file === runtimes.model) || { ...described, compiled: null };
+  const [, h, w] = runtimes.probes.shape;
+  const result = $('result');
+  result.dataset.runtimeCheckStatus = 'running';
+  $('runtime-check').replaceChildren(el('li', `running ${runtimes.probes.n} probes through ${runtimes.model}…`));
+  await compile(m);
+  const run = async (pixels) => {
+    const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, h, w, 3]);
+    let outputs;
+    try {
+      outputs = await exclusive(() => m.compiled.run(tensor));
+    } finally {
+      tensor.delete();
+    }
+    const raw = outputs[0].toTypedArray().slice();
+    for (const o of outputs) o.delete();
+    if (!(raw instanceof Uint8Array)) throw new Error(`${m.file}: output is ${raw.constructor.name}, the record is uint8`);
+    return raw;
+  };
+  const check = await checkRuntime(runtimes, run, {
+    fetchBytes: async (url) => {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      return response.arrayBuffer();
+    },
+  });
+  app.runtimeCheck = check;
+  const { outputs, ...summary } = check;
+  result.dataset.runtimeCheck = JSON.stringify(summary);
+  result.dataset.runtimeCheckStatus = 'done';
+  $('runtime-check').replaceChildren(...describeCheck(check, check.tolerance_steps).map((line) => el('li', line)));
+}
+
+function failCheck(error) {
+  const message = error instanceof Error ? error.message : String(error);
+  $('result').dataset.runtimeCheckStatus = `error: ${message}`;
+  $('runtime-check').replaceChildren(el('li', `runtime check failed: ${message}`));
+  console.error(error);
+}
+
+// edgeres.json "uncertain" (issue 26): the runtimes and float/int8 paths disagree only below
+// this top score, so an answer under it is shown "not sure" (its label kept), as predict does.
+function isUncertain(score) {
+  const threshold = app.config.uncertain?.threshold;
+  return threshold != null && score < threshold;
+}
+
+const NOT_SURE = 'not sure';
 
 // As edgeres.runtime.Classifier.quantize_input: uint8 pixels as they are, float32 as values
 // 0..255, other uint8 scales quantized (round half to even, as numpy).
@@ -245,7 +312,9 @@ function publish(results, info) {
     el.dataset[camel(`${r.variant}-label`)] = r.label;
     el.dataset[camel(`${r.variant}-score`)] = r.score.toFixed(6);
   }
-  el.textContent = `${first.label} ${(100 * first.score).toFixed(1)}%` +
+  el.dataset.uncertain = String(first.uncertain);
+  el.classList.toggle('uncertain', first.uncertain);
+  el.textContent = `${first.label} ${(100 * first.score).toFixed(1)}%` + (first.uncertain ? ` · ${NOT_SURE}` : '') +
     (info.source === 'file' ? ` (${info.name})` : '');
   for (const card of document.querySelectorAll('.model')) {
     if (!results.some((r) => r.variant === card.dataset.variant)) {
@@ -255,7 +324,8 @@ function publish(results, info) {
   for (const r of results) {
     const card = document.querySelector(`.model[data-variant="${r.variant}"]`);
     if (!card) continue;
-    card.querySelector('.label').textContent = `${r.label} ${(100 * r.score).toFixed(1)}%`;
+    card.querySelector('.label').textContent = `${r.label} ${(100 * r.score).toFixed(1)}%` +
+      (r.uncertain ? ` · ${NOT_SURE}` : '');
     card.querySelector('.bar > div').style.width = `${(100 * r.score).toFixed(1)}%`;
     card.querySelector('.meta').textContent = `${r.latencyMs.toFixed(1)} ms` +
       (info.fps ? ` · ${info.fps.toFixed(1)} FPS` : '');
@@ -271,7 +341,7 @@ function drawOverlay(results, info) {
   viewCtx.drawImage(grab, 0, 0);
   const lineH = Math.max(16, Math.round(h / 18));
   const pad = Math.round(lineH / 3);
-  const lines = results.map((r) => [`${r.variant}  ${r.label}  ${r.score.toFixed(2)}  ${r.latencyMs.toFixed(1)} ms`,
+  const lines = results.map((r) => [`${r.variant}  ${r.label}  ${r.score.toFixed(2)}${r.uncertain ? `  ${NOT_SURE}` : ''}  ${r.latencyMs.toFixed(1)} ms`,
                                     r.label === results[0].label ? AGREE : DISAGREE]);
   const status = info.source === 'camera'
     ? `${info.fps ? info.fps.toFixed(1) : '–'} FPS  ·  resize ${info.preMs.toFixed(1)} ms  ·  frame ${app.frames}`
@@ -397,6 +467,11 @@ function showFacts(config) {
   ];
   if (config.arch) facts.push(['architecture', config.arch]);
   if (config.status) facts.push(['int8 check', config.status]);
+  const band = config.uncertain;
+  if (band) {
+    facts.push([NOT_SURE, band.threshold == null ? 'off (no threshold in this bundle)'
+      : `top score below ${band.threshold} (${band.source || 'recorded'}${band.photos ? `, measured on ${band.photos} photos` : ''})`]);
+  }
   $('facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', k), el('dd', v)]));
 
   const v = config.verification;

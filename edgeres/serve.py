@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from urllib.parse import unquote, urlsplit
 from edgeres.serve_assets import ASSETS_ENV, ASSETS_HINT, REQUIRED_ASSETS, check_assets, vendor_dir
 from edgeres.serve_files import (CONFIG_NAME, MODEL_ORDER, PAGE_FILES, WEB_DIR, ServedBundle, ServeError, load_bundle,
                                  pin_batch, read_served)
+from edgeres.tflite import is_tflite
 
 __all__ = ["ASSETS_ENV", "ASSETS_HINT", "CONFIG_NAME", "CONTENT_TYPES", "MODEL_ORDER", "PAGE_FILES",
            "REQUIRED_ASSETS", "WEB_DIR", "ServeError", "ServedBundle", "check_assets", "lan_addresses",
@@ -86,8 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is not None:
             root, file, model = route
             body = self.server.config_body if root is None else read_served(root, file)
-            if body is not None and model:
-                body = pin_batch(body)[0]
+            if body is not None and model:  # what is on disk now, if it still is a model
+                body = _pinned(body)
         if body is None:
             self.send_error(HTTPStatus.NOT_FOUND, "Not served: only the page, its assets and the bundle's model files are.")
             return
@@ -114,6 +116,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # quiet: the page reports, not the log
         if self.server.verbose:
             super().log_message(format, *args)
+
+
+def _pinned(data: bytes) -> bytes | None:
+    if not is_tflite(data):
+        return None
+    try:
+        return pin_batch(data)[0]
+    except (struct.error, IndexError, ValueError):  # a cut or corrupt model file
+        return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -134,6 +134,13 @@ def test_symlinks_swapped_in_while_serving_are_404(served):
     # A link that stays inside the bundle is the bundle's own file: served.
     (bundle / "labels.txt").symlink_to("labels.real")
     assert _get(url, "/bundle/labels.txt") == (200, labels)
+    # The model cut short, or not a model any more: 404, never an error page with a traceback.
+    (bundle / "model_int8.tflite").write_bytes(model[:5000])
+    assert _get(url, "/bundle/model_int8.tflite")[0] == 404
+    (bundle / "model_int8.tflite").write_bytes(b"garbage")
+    assert _get(url, "/bundle/model_int8.tflite")[0] == 404
+    (bundle / "model_int8.tflite").write_bytes(model)
+    assert _get(url, "/bundle/model_int8.tflite")[0] == 200
     # The model replaced by a link to a copy outside: 404, although the bytes are a model.
     (outside / "model.tflite").write_bytes(model)
     (bundle / "model_int8.tflite").unlink()

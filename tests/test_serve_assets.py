@@ -55,6 +55,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once it is closed
 
 
+@pytest.mark.slow  # the tiny bundle trains a model once per session
 def test_offline_is_one_line_naming_the_ways_to_provide_them(tiny_bundle, tmp_path):
     from edgeres.serve_assets import ServeError, fetch_assets
 

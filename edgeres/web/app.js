@@ -134,6 +134,7 @@ async function pick(variant) {
   await compile(m);
   app.selected = variant;
   markCards();
+  setStatus(`running: ${running().map((x) => x.variant).join(' + ')} on ${app.runtime}`);
 }
 
 async function setCompare(on) {
@@ -141,6 +142,7 @@ async function setCompare(on) {
   $('compare').checked = app.compare;
   if (app.compare) for (const m of app.models) await compile(m);
   markCards();
+  setStatus(`running: ${running().map((x) => x.variant).join(' + ')} on ${app.runtime}`);
 }
 
 async function supported(feature) {

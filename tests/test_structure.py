@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"model"}),
     ("train", {"train", "distribute", "run_files", "checkpoint"}),
     ("export", {"export"}),
-    ("apps", {"camera", "serve", "serve_files"}),
+    ("apps", {"camera", "serve", "serve_files", "serve_assets"}),
     ("cli", {"cli"}),
 ]
 TRAINING = {"pipeline", "model", "train", "distribute", "run_files", "checkpoint", "export"}  # TensorFlow's side; everything else runs on a device

@@ -285,16 +285,16 @@ def doctor(
 
 @app.command()
 def serve(
-    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR), or one .tflite file.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine only; 0.0.0.0 for every network this machine is on (a phone on the same Wi-Fi, and anyone else who can reach it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
     https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
 ):
     """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
 
-    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the files the bundle's edgeres.json names (its models, labels.txt, runtime probes) are served, never the rest of the folder. A folder without edgeres.json is refused; one .tflite file can be served by itself. Ctrl+C stops.
 
-    The JS/WASM files come from `npm ci` in the edgeres checkout (once). A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
+    The page's JS/WASM files (LiteRT.js, pinned) come from `npm ci` in a checkout, or edgeres fetches them once from the npm registry (checked against package-lock.json's hash, cached in ~/.cache/edgeres); no Node needed. A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
 
     Example: edgeres serve export/cats-dogs
     Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https

@@ -313,30 +313,41 @@ def _certificate_hosts(host: str) -> list[str]:
     return hosts
 
 
-def self_signed_certificate(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
-    """Write ``cert.pem`` and ``key.pem`` for ``hosts`` (valid 30 days) with ``cryptography`` or ``openssl``."""
-    directory.mkdir(parents=True, exist_ok=True)
+def self_signed_certificate(directory: Path, hosts: list[str], *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``cert.pem`` and ``key.pem`` for ``hosts`` (valid 30 days) with ``cryptography`` or
+    ``openssl``, by the rule every writer follows (:func:`edgeres.outputs.write_pem`): files already
+    there are refused unless ``force``, which replaces only certificates edgeres made."""
+    from edgeres.outputs import write_pem
+
     cert, key = directory / "cert.pem", directory / "key.pem"
     try:
-        _certificate_with_cryptography(cert, key, hosts)
-        return cert, key
+        cert_pem, key_pem = _certificate_with_cryptography(hosts)
     except ImportError:
-        pass
+        cert_pem, key_pem = _certificate_with_openssl(hosts)
+    write_pem(key, key_pem, force=force, private=True)
+    write_pem(cert, cert_pem, force=force)
+    return cert, key
+
+
+def _certificate_with_openssl(hosts: list[str]) -> tuple[bytes, bytes]:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise ServeError("--https needs a certificate and neither the `cryptography` package nor the `openssl` "
                          "program is here: pip install cryptography (or install openssl).")
     san = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
-    result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-                             "-subj", "/CN=edgeres serve", "-addext", f"subjectAltName={san}",
-                             "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ServeError(f"openssl could not make a certificate: {result.stderr.strip().splitlines()[-1:]}; "
-                         f"pip install cryptography instead.")
-    return cert, key
+    with tempfile.TemporaryDirectory(prefix="edgeres-tls-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                                 "-subj", "/CN=edgeres serve", "-addext", f"subjectAltName={san}",
+                                 "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServeError(f"openssl could not make a certificate: {result.stderr.strip().splitlines()[-1:]}; "
+                             f"pip install cryptography instead.")
+        return cert.read_bytes(), key.read_bytes()
 
 
-def _certificate_with_cryptography(cert: Path, key: Path, hosts: list[str]) -> None:
+def _certificate_with_cryptography(hosts: list[str]) -> tuple[bytes, bytes]:
+    """``(certificate, private key)`` as PEM."""
     import datetime
 
     from cryptography import x509
@@ -354,9 +365,9 @@ def _certificate_with_cryptography(cert: Path, key: Path, hosts: list[str]) -> N
                    .not_valid_after(now + datetime.timedelta(days=30))
                    .add_extension(x509.SubjectAlternativeName(alt), critical=False)
                    .sign(private, hashes.SHA256()))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM), key
 
 
 def _is_ip(host: str) -> bool:

@@ -340,3 +340,30 @@ def test_camera_snapshot_dir_that_is_a_file_is_refused_before_the_window_opens(t
         code, out = _run("camera", tiny_bundle, "--source", photo_dir, "--snapshot-dir", target)
         assert code == 2 and "is a file" in _error_line(out, a_file)
     assert a_file.read_text() == "x"
+
+
+def test_serve_certificates_follow_the_rule(tmp_path):
+    """serve --https writes cert.pem/key.pem through the shared rule: a certificate the user put
+    there survives, even with force; edgeres's own are replaced only with force; the key is private."""
+    import ssl
+
+    from edgeres.serve import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path / "tls", ["localhost", "127.0.0.1"])
+    assert cert.read_text().startswith(CERTIFICATE_MARK)
+    assert key.stat().st_mode & 0o077 == 0
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # still a valid chain
+    before = cert.read_bytes()
+    with pytest.raises(OutputExistsError):
+        self_signed_certificate(tmp_path / "tls", ["localhost"])
+    assert cert.read_bytes() == before
+    self_signed_certificate(tmp_path / "tls", ["localhost"], force=True)
+    assert cert.read_bytes() != before
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nuser's own\n-----END PRIVATE KEY-----\n")
+    digest = _digest(theirs)
+    with pytest.raises(OutputError, match="key.pem"):
+        self_signed_certificate(theirs, ["localhost"], force=True)
+    assert _digest(theirs) == digest

@@ -2,10 +2,12 @@
 
     python benchmarks/bench_browser.py benchmarks/out/ref-serve --runs 20 --seconds 20
 
-For each model alone, and with 1 thread and with the page's default (threads when the page is
-cross-origin isolated), it times ``window.edgeres.classify`` on a real photo's pixels (input +
-invoke + output, as ``edgeres bench`` does), then runs the live loop on Chromium's fake camera
-(a clip of real photos) and reads the page's FPS. Python LiteRT on the same pixels is timed too,
+The page runs the picked model on every frame and the others only in compare mode. For each
+model picked alone (with 1 thread, and with the page's default: threads when the page is
+cross-origin isolated), and for compare mode (every model on every frame), it times
+``window.edgeres.classify`` on a real photo's pixels (input + invoke + output, as ``edgeres
+bench`` does), then runs the live loop on Chromium's fake camera (a clip of real photos) and
+reads the page's FPS. Python LiteRT on the same pixels is timed too,
 for reference. Prints a Markdown table (benchmarks/browser.md records one).
 """
 
@@ -60,22 +62,28 @@ def main() -> None:
 
     server = make_server(served, port=0)
     serve_in_thread(server)
-    rows = []
+    rows, checks = [], []
     browser = Chromium(CHROMIUM, camera_clip=work / "clip.y4m")
     try:
         variants = served.variants
-        settings = [(v, t) for v in variants for t in ("0", "")] + [(",".join(variants), "")]
-        for models, threads in settings:
-            query = f"?models={models}" + (f"&threads={threads}" if threads else "")
+        settings = [(f"{v} picked", f"?model={v}" + t) for v in variants for t in ("&threads=0", "")]
+        settings.append(("compare", "?compare=1"))
+        for mode, query in settings:
             browser.goto(server.url + query)
             browser.wait_for("window.edgeres && window.edgeres.app.ready", timeout=600)
             runtime = browser.evaluate("window.edgeres.app.runtime")
+            # The page checks its runtime on the bundle's probes when it loads: let it finish first.
+            browser.wait_for("(document.getElementById('result').dataset.runtimeCheckStatus || 'done') !== 'running'",
+                             timeout=1800)
+            if not checks and config.get("runtimes"):
+                checks.append((runtime, browser.evaluate("document.getElementById('result').dataset.runtimeCheckStatus"),
+                               browser.evaluate("[...document.querySelectorAll('#runtime-check li')].map((li) => li.textContent)")))
             b64 = base64.b64encode(pixels.tobytes()).decode()
             timings = browser.evaluate(f"""(async () => {{
                 const px = Uint8Array.from(atob('{b64}'), (c) => c.charCodeAt(0));
                 for (let i = 0; i < 3; i++) await window.edgeres.classify(px);  // warm-up
                 const out = [];
-                for (let i = 0; i < {args.runs}; i++) out.push((await window.edgeres.classify(px)).map((r) => r.latencyMs));
+                for (let i = 0; i < {args.runs}; i++) out.push((await window.edgeres.classify(px)).map((r) => [r.variant, r.latencyMs]));
                 return out;
             }})()""", timeout=1800)
             browser.evaluate("window.edgeres.startCamera()")
@@ -85,9 +93,9 @@ def main() -> None:
             f1, t1 = int(browser.evaluate("document.getElementById('result').dataset.frames")), time.monotonic()
             browser.evaluate("window.edgeres.stopCamera()")
             fps = (f1 - f0) / (t1 - t0)
-            for i, variant in enumerate(models.split(",")):
-                ms = [t[i] for t in timings]
-                rows.append({"models": models, "variant": variant, "runtime": runtime,
+            for i, (variant, _) in enumerate(timings[0]):
+                ms = [t[i][1] for t in timings]
+                rows.append({"mode": mode, "variant": variant, "runtime": runtime,
                              "median_ms": statistics.median(ms), "p90_ms": float(np.percentile(ms, 90)),
                              "camera_fps": fps})
             print(json.dumps(rows[-1]), file=sys.stderr)
@@ -109,11 +117,16 @@ def main() -> None:
     print(f"Bundle `{args.bundle}` ({config['name']}, {config.get('arch')}, {size[0]}x{size[1]}); "
           f"{chromium}, headless; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"load average at the end {os.getloadavg()[0]:.1f}\n")
-    print("| page loads | model | runtime | latency median (ms) | p90 (ms) | live camera FPS |")
+    print("| page mode | model | runtime | latency median (ms) | p90 (ms) | live camera FPS |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['models']} | {r['variant']} | {r['runtime']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+        print(f"| {r['mode']} | {r['variant']} | {r['runtime']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
               f"{r['camera_fps']:.2f} |")
+    for runtime, status, lines in checks:
+        n = config["runtimes"]["probes"]["n"]
+        print(f"\nThe page's runtime check on load ({runtime}; {n} probes, {status}):\n")
+        for line in lines:
+            print(f"- {line}")
     print("\nPython LiteRT (`Classifier.predict_pixels`, XNNPACK) on the same pixels:\n")
     print("| model | threads | latency median (ms) | p90 (ms) |")
     print("| --- | ---: | ---: | ---: |")

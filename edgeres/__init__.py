@@ -2,7 +2,7 @@
 
 Stages, one module (or package) each: pipeline (tf.data), model, train, export (TensorFlow
 side); data, calibrate, runtime, evaluate, bench, camera, serve (device side, no TensorFlow),
-over what they share: preprocess, files, tflite, metadata, plots, config.
+over what they share: preprocess, files, outputs, tflite, metadata, plots, config.
 ``tests/test_structure.py`` holds the layers and checks that no import runs back up.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -34,6 +35,49 @@ class _Captured:
 
     def read(self) -> str:
         return self.text
+
+
+# Runs in its own small process, reading what this one writes to fd 2 once it is exiting.
+_EXIT_FILTER = r"""
+import sys
+for line in sys.stdin.buffer:
+    if not line.startswith(b"INFO: ["):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+_exit_filter_registered = False
+
+
+def drop_litert_info_at_exit() -> None:
+    """Keep LiteRT's INFO lines out of the program's last output.
+
+    LiteRT's Python ``TensorBuffer`` makes a process-wide environment that ends in a C++ static
+    destructor, after Python has finished, printing ``INFO: [accelerator_registry.cc:43]
+    DestroyAccelerator: ...`` for each accelerator on fd 2. From Python's exit on, fd 2 goes
+    through a small filter process that drops LiteRT's ``INFO: [`` lines and passes everything
+    else (warnings, errors, Python's own last words) through unchanged. Registered once, by the
+    code that starts LiteRT's CompiledModel.
+    """
+    global _exit_filter_registered
+    if not _exit_filter_registered and hasattr(os, "posix_spawn"):
+        atexit.register(_filter_stderr_from_now_on)
+        _exit_filter_registered = True
+
+
+def _filter_stderr_from_now_on() -> None:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        read, write = os.pipe()
+        os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _EXIT_FILTER], os.environ,
+                       file_actions=[(os.POSIX_SPAWN_DUP2, read, 0), (os.POSIX_SPAWN_DUP2, 2, 1)])
+    except OSError:  # no filter: the lines show, nothing else changes
+        return
+    os.close(read)
+    os.dup2(write, 2)  # the filter sees end-of-file when this process has gone
+    os.close(write)
 
 
 def import_tensorflow_quietly() -> None:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeres._stderr import captured_stderr
+from edgeres._stderr import captured_stderr, drop_litert_info_at_exit
 
 # Largest |p_accelerator - p_cpu| over probes and classes that still passes the self-check.
 # float: float16/float32 models on a correct GPU differ by ~0.0004 (mean) from XNNPACK.
@@ -167,23 +167,70 @@ class CompiledModelBackend:
 
         accel = {"gpu": HardwareAccelerator.GPU, "cpu": HardwareAccelerator.CPU}[hardware]
         options = Options(hardware_accelerators=accel, cpu_options=CpuOptions(num_threads=threads))
+        self.model, self.inputs, self.outputs, self._env = None, [], [], None
         with captured_stderr() as logs:  # LiteRT logs its plugin search at length; keep it for errors
             try:
-                self.model = CompiledModel.from_file(str(path), options=options)
+                self._env = litert_environment()
+                kwargs = {"environment": self._env} if self._env is not None else {}
+                self.model = CompiledModel.from_file(str(path), options=options, **kwargs)
                 self.inputs, self.outputs = self.model.create_input_buffers(0), self.model.create_output_buffers(0)
                 error = None
             except RuntimeError as e:
                 error = e
+                self._release()  # inside the capture: the environment's goodbye lines are kept off stderr
+        drop_litert_info_at_exit()
         if error is not None:
             raise RuntimeError(gpu_reason(logs.read(), error)) from error
-        self._n, self._dtype = int(outputs), np.dtype(output_dtype)
+        self._n, self._dtype, self._started = int(outputs), np.dtype(output_dtype), False
         where = "" if hardware == "cpu" or self.model.is_fully_accelerated() else ", some ops on CPU"
         self.name = f"{hardware.upper()} (LiteRT CompiledModel{where})"
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        self.inputs[0].write(tensor)
+        if not self._started:  # the first write starts LiteRT's shared environment, at length on fd 2
+            with captured_stderr():
+                self.inputs[0].write(tensor)
+            self._started = True
+        else:
+            self.inputs[0].write(tensor)
         self.model.run_by_index(0, self.inputs, self.outputs)
         return self.outputs[0].read(self._n, self._dtype).reshape(self._n)
+
+    def close(self) -> None:
+        """Release the buffers, the model and its LiteRT environment now. The environment's end
+        logs a ``DestroyAccelerator`` INFO line per accelerator on fd 2: captured here (warnings
+        and errors still shown), not printed wherever the garbage collector happens to end it."""
+        if self.model is None and self._env is None:
+            return
+        with captured_stderr() as logs:
+            self._release()
+        echo_litert_logs(logs.read())
+
+    def _release(self) -> None:
+        for buffer in (*self.inputs, *self.outputs):
+            buffer.destroy()
+        self.inputs, self.outputs = [], []
+        env = self._env or getattr(self.model, "environment", None)
+        if self.model is not None:
+            self.model.close()
+        if env is not None:
+            env.close()
+        self.model = self._env = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- a finaliser must not raise; the process is ending anyway
+            pass
+
+
+def litert_environment():
+    """A LiteRT ``Environment`` edgeres owns (so it can end it quietly), as ``CompiledModel``
+    makes by default; None with an ai-edge-litert too old to take one."""
+    try:
+        from ai_edge_litert.environment import Environment
+    except ImportError:
+        return None
+    return Environment.create()
 
 
 def delegate_backend(library: Path, model: bytes, threads: int,

@@ -23,10 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeres.config import write_bytes_atomic
 from edgeres.data import DataError, Dataset
-
-HEADER = "# edgeres calibration manifest v1"
+from edgeres.outputs import MANIFEST_HEADER as HEADER
+from edgeres.outputs import Kind, check_output, written_file
 # Ultralytics' rule of thumb: fewer than ~300 images gives noisy activation ranges.
 RECOMMENDED_SIZE = 300
 
@@ -65,12 +64,13 @@ class CalibrationSet:
         body = "".join(f"{digest}  {rel}\n" for rel, digest in self.entries)
         return hashlib.sha256(body.encode()).hexdigest()
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        if path.is_dir():
-            raise CalibrationError(f"--out {path} is a directory; name a manifest file, e.g. {path / 'calibration.txt'}.")
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the manifest to ``path``, whole. An existing file is replaced only with ``force``
+        and only when it is itself a manifest (:func:`edgeres.outputs.check_output`)."""
+        path = check_output(path, Kind.MANIFEST, force=force, instead="calibration/NAME.txt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, self.text().encode())
+        with written_file(path, replace=force) as tmp:
+            tmp.write_bytes(self.text().encode())
         return path
 
 

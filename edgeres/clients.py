@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 MEDIAPIPE_ENV = "EDGERES_MEDIAPIPE_PYTHON"
-MEDIAPIPE_HOWTO = (f"python3 -m venv .venv-mediapipe && .venv-mediapipe/bin/pip install mediapipe "
-                   f"(its own venv: it pulls in opencv-contrib-python), then set {MEDIAPIPE_ENV}=.venv-mediapipe/bin/python")
+MEDIAPIPE_HOWTO = (f"scripts/setup in the edgeres checkout makes .venv-mediapipe; elsewhere: python3 -m venv "
+                   f".venv-mediapipe && .venv-mediapipe/bin/pip install mediapipe pillow (its own venv: it pulls "
+                   f"in opencv-contrib-python), then set {MEDIAPIPE_ENV}=.venv-mediapipe/bin/python")
 
 
 class ClientError(RuntimeError):

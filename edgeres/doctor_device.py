@@ -80,27 +80,40 @@ def _litert_gpu(pixels, expected) -> dict:
         from ai_edge_litert.options import Options
     except ImportError as e:
         return {"ok": False, "reason": f"needs ai-edge-litert's CompiledModel ({e})"}
-    from edgeres._stderr import captured_stderr
-    from edgeres.accelerators import gpu_reason
+    from edgeres._stderr import captured_stderr, drop_litert_info_at_exit
+    from edgeres.accelerators import gpu_reason, litert_environment
+
+    drop_litert_info_at_exit()
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.tflite"
         path.write_bytes(PROBE_MODEL)
-        error = None
+        error = env = model = None
         with captured_stderr() as logs:
             try:
-                model = CompiledModel.from_file(str(path), options=Options(hardware_accelerators=HardwareAccelerator.GPU))
+                env = litert_environment()
+                kwargs = {"environment": env} if env is not None else {}
+                model = CompiledModel.from_file(str(path), options=Options(hardware_accelerators=HardwareAccelerator.GPU),
+                                                **kwargs)
                 inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
                 inputs[0].write(pixels)
                 model.run_by_index(0, inputs, outputs)
                 got = np.asarray(outputs[0].read(2, np.float32)).reshape(-1)
+                fully_accelerated = bool(model.is_fully_accelerated())
+                for buffer in (*inputs, *outputs):
+                    buffer.destroy()
             except Exception as e:  # noqa: BLE001 -- RuntimeError mostly; any failure means unavailable
                 error = e
+            # Ended here, inside the capture: its DestroyAccelerator lines would otherwise print at exit.
+            env = env or getattr(model, "environment", None)
+            for resource in (model, env):
+                if resource is not None:
+                    resource.close()
     if error is not None:
         return {"ok": False, "reason": gpu_reason(logs.read(), error)}
     if expected is not None and float(np.max(np.abs(got - expected))) > 1e-3:
         return {"ok": False, "reason": f"GPU result differs from CPU by {float(np.max(np.abs(got - expected))):.3g}"}
-    return {"ok": True, "reason": None, "fully_accelerated": bool(model.is_fully_accelerated())}
+    return {"ok": True, "reason": None, "fully_accelerated": fully_accelerated}
 
 
 def opencv_backends() -> dict:

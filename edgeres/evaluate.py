@@ -15,6 +15,7 @@ import numpy as np
 from edgeres import uncertain
 from edgeres.data import check_data_dir, DataError, find_layout
 from edgeres.preprocess import ImageError, decode, to_pixels
+from edgeres.outputs import Kind, check_output, clean_stale_partials, written_dir
 from edgeres.runtime import Classifier
 
 
@@ -90,6 +91,19 @@ class Evaluation:
             uncertain.plot_risk_coverage(self, out / "risk_coverage.png")
         except ImportError:
             (out / "README.txt").write_text("Install matplotlib for confusion-matrix PNGs.\n")
+        return out
+
+    def write_report(self, out_dir: str | Path, *, force: bool = False, extra: dict | None = None) -> Path:
+        """:meth:`save_report` plus ``extra`` (file name -> JSON-able) as ``evaluate --report``
+        writes it: into a new folder, built beside it and renamed when whole. An existing folder
+        is replaced only with ``force`` and only when it is itself a report
+        (:func:`edgeres.outputs.check_output`)."""
+        out = check_output(out_dir, Kind.REPORT, force=force, option="--report")
+        clean_stale_partials(out)
+        with written_dir(out, replace=force, writer="evaluate --report") as tmp:
+            self.save_report(tmp)
+            for name, value in (extra or {}).items():
+                (tmp / name).write_text(json.dumps(value, indent=2) + "\n")
         return out
 
 

@@ -32,20 +32,27 @@ def recorded_weights(run_dir: Path, config: TrainConfig) -> str:
 START_FILES = frozenset({"config.json", "labels.txt", "dataset.json", "skipped.txt"})
 
 
-def check_out_is_free(run_dir: Path, log: Callable[[str], None]) -> None:
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise RunExistsError(f"--out {run_dir} is a file, not a run directory. Choose another --out.")
-    names = {p.name for p in run_dir.iterdir() if not is_temp_name(p.name)}
-    if not names:
-        return
-    if names <= START_FILES:
-        log(f"{run_dir} holds only the files of a start that never finished an epoch; starting over.")
-        return
-    raise RunExistsError(
-        f"Run directory {run_dir} already exists. Continue it with --resume, or choose another --out."
-    )
+def check_out_is_free(run_dir: Path, log: Callable[[str], None], data: str | Path | None = None) -> None:
+    """``--out`` may take a new run: absent, empty, or a start that died; writable; not inside
+    ``data`` (the next scan would find a class named after the run). A run there is continued
+    with ``--resume``; anything else is never replaced (:func:`edgeres.outputs.check_output`)."""
+    from edgeres.outputs import Kind, OutputExistsError, check_not_inside, check_output, check_writable
+
+    if data is not None:
+        check_not_inside(run_dir, data, "--out", "--data",
+                         "the next training on it would see a class named after the run folder")
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        names = {p.name for p in run_dir.iterdir() if not is_temp_name(p.name)}
+        if names and names <= START_FILES:
+            check_writable(run_dir / "config.json")
+            log(f"{run_dir} holds only the files of a start that never finished an epoch; starting over.")
+            return
+    try:
+        check_output(run_dir, Kind.RUN, force=False, again="Continue it with --resume")
+    except OutputExistsError as e:
+        raise RunExistsError(str(e)) from None
+    if run_dir.is_dir():  # empty: the run is written into it
+        check_writable(run_dir / "config.json")
 
 
 class Claim:

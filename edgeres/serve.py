@@ -8,11 +8,12 @@ files with LiteRT.js on WebAssembly (XNNPACK), the same kernels as the Python ru
 feeds them pixels that ``web/pixels.js`` computes with the resize of
 :func:`edgeres.preprocess.to_pixels` (the tests require byte equality on real photos).
 
-Only three kinds of path are served, each looked up by exact name in a list made at start:
-the page's own files, the pinned LiteRT.js files in ``web/vendor/`` (copied there by
-``npm ci``, see ``package.json``; ``$EDGERES_WEB_ASSETS`` points elsewhere), and the
-bundle's top-level files. Nothing is resolved from the request path, so ``..`` cannot escape.
-That list, and the bundle as the page sees it, come from :mod:`edgeres.serve_files`.
+What is served is a list of exact URL paths made at start (:mod:`edgeres.serve_files`): the
+page's own files, the pinned LiteRT.js files (:mod:`edgeres.serve_assets`), the files the
+bundle's ``edgeres.json`` names (models, ``labels.txt``, runtime probes) and the page's
+``/bundle/config.json``. Nothing is resolved from the request path, so ``..`` cannot escape,
+nothing lists a folder, and every file is re-checked when it is read (a symlink swapped in
+later that leaves its folder gives 404). Only GET and HEAD are answered.
 
 Only the standard library (plus the LiteRT runtime, to read the models' quantization) is
 imported; never TensorFlow.
@@ -20,12 +21,15 @@ imported; never TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
 import shutil
+import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,9 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from edgeres.serve_files import (ASSETS_ENV, ASSETS_HINT, CONFIG_NAME, MODEL_ORDER, PAGE_FILES, REQUIRED_ASSETS,
-                                 WEB_DIR, ServedBundle, ServeError, check_assets, load_bundle, pin_batch,
-                                 vendor_dir)
+from edgeres.serve_assets import ASSETS_ENV, ASSETS_HINT, REQUIRED_ASSETS, check_assets, vendor_dir
+from edgeres.serve_files import (CONFIG_NAME, MODEL_ORDER, PAGE_FILES, WEB_DIR, ServedBundle, ServeError, load_bundle,
+                                 pin_batch, read_served)
+from edgeres.tflite import is_tflite
 
 __all__ = ["ASSETS_ENV", "ASSETS_HINT", "CONFIG_NAME", "CONTENT_TYPES", "MODEL_ORDER", "PAGE_FILES",
            "REQUIRED_ASSETS", "WEB_DIR", "ServeError", "ServedBundle", "check_assets", "lan_addresses",
@@ -62,6 +67,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._respond(head=True)
 
+    def _refuse(self) -> None:
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse  # noqa: N815
+
     def _respond(self, head: bool) -> None:
         name = unquote(urlsplit(self.path).path)
         if name in ("", "/"):
@@ -71,15 +84,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         route = self.server.routes.get(name)
-        if route is None:
-            self.send_error(HTTPStatus.NOT_FOUND, "Not served: only the page, its assets and the bundle's files are.")
-            return
-        path, body = route
-        try:
-            if body is None:
-                body = path.read_bytes()
-        except OSError:
-            self.send_error(HTTPStatus.NOT_FOUND, "File vanished.")
+        body = None
+        if route is not None:
+            root, file, model = route
+            body = self.server.config_body if root is None else read_served(root, file)
+            if body is not None and model:  # what is on disk now, if it still is a model
+                body = _pinned(body)
+        if body is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "Not served: only the page, its assets and the bundle's model files are.")
             return
         suffix = Path(name).suffix.lower()
         self.send_response(HTTPStatus.OK)
@@ -106,11 +118,22 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+def _pinned(data: bytes) -> bytes | None:
+    if not is_tflite(data):
+        return None
+    try:
+        return pin_batch(data)[0]
+    except (struct.error, IndexError, ValueError):  # a cut or corrupt model file
+        return None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     ssl_context: ssl.SSLContext | None = None
     verbose = False
-    routes: dict[str, tuple[Path | None, bytes | None]] = {}  # exact URL path -> (file, or bytes to send)
+    # exact URL path -> (resolved folder, file name inside it, is a model); folder None: config_body
+    routes: dict[str, tuple[Path | None, str, bool]] = {}
+    config_body = b""
 
     def get_request(self):
         sock, addr = super().get_request()
@@ -127,14 +150,15 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def _routes(bundle: ServedBundle, assets: Path) -> dict[str, tuple[Path | None, bytes | None]]:
-    routes = {f"/{name}": (WEB_DIR / name, None) for name in PAGE_FILES}
+def _routes(bundle: ServedBundle, assets: Path) -> dict[str, tuple[Path | None, str, bool]]:
+    routes = {f"/{name}": (WEB_DIR, name, False) for name in PAGE_FILES}
+    assets = assets.resolve()
     for file in sorted(assets.rglob("*")):
         if file.is_file() and not file.name.startswith("."):
-            routes["/vendor/" + file.relative_to(assets).as_posix()] = (file, None)
-    for name, file in bundle.files.items():
-        routes[f"/bundle/{name}"] = (file, bundle.models.get(name))
-    routes[f"/bundle/{CONFIG_NAME}"] = (None, json.dumps(bundle.config, indent=1).encode())
+            routes["/vendor/" + file.relative_to(assets).as_posix()] = (assets, file.relative_to(assets).as_posix(), False)
+    for name in bundle.files:
+        routes[f"/bundle/{name}"] = (bundle.root, name, name in bundle.models)
+    routes[f"/bundle/{CONFIG_NAME}"] = (None, CONFIG_NAME, False)
     return routes
 
 
@@ -159,6 +183,7 @@ def make_server(bundle: str | Path | ServedBundle, *, host: str = "127.0.0.1", p
             raise ServeError(f"--host {host}: not an address of this machine; use 127.0.0.1 or 0.0.0.0.") from e
         raise
     server.routes = _routes(served, assets)
+    server.config_body = json.dumps(served.config, indent=1).encode()
     server.bundle = served
     scheme = "https" if https else "http"
     if https:
@@ -179,7 +204,8 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, http
           log=print) -> None:
     """Serve ``bundle`` until Ctrl+C, printing the URL (and a QR code for a phone)."""
     served = load_bundle(bundle)
-    server = make_server(served, host=host, port=port, https=https)
+    assets = check_assets(log=log)  # fetched once from the npm registry when not here yet
+    server = make_server(served, host=host, port=port, https=https, assets=assets)
     models = ", ".join(f"{m['variant']} ({m['bytes'] / 1e6:.1f} MB)" for m in served.config["models"])
     log(f"edgeres serve: {served.config['name']}: {models}")
     if any(m["batch_pinned"] for m in served.config["models"]):
@@ -191,18 +217,47 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, http
     if server.lan_urls:
         qr = qr_text(server.lan_urls[0])
         log(qr if qr else "  (pip install qrcode to get a QR code of this URL here)")
+    if not is_loopback(host):
+        log(f"  reachable by {'every network of this machine' if host in ('0.0.0.0', '::', '') else host} "
+            f"on port {server.server_address[1]}: this page, its LiteRT.js files and, from "
+            f"{served.path}, only: {', '.join(served.files)} (nothing else in that folder; anyone who can "
+            f"reach this machine can download the model)")
     if https:
         log("  the certificate is self-signed: the browser warns once; accept it to reach the page")
-    elif host not in ("127.0.0.1", "localhost", "::1"):
+    elif not is_loopback(host):
         log("  note: phones allow the camera only on https pages: add --https")
-    log("  Ctrl+C stops")
-    sys.stdout.flush()
-    try:
+    with _stop_on_signals(server):  # before "Ctrl+C stops" is shown: a signal from then on stops
+        log("  Ctrl+C stops")
+        sys.stdout.flush()
         server.serve_forever()
-    except KeyboardInterrupt:
-        log("edgeres serve: stopped")
+    server.server_close()
+    log("edgeres serve: stopped")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: _Server):
+    """SIGINT (Ctrl+C) and SIGTERM stop ``server.serve_forever`` cleanly.
+
+    Explicit handlers, because Python turns SIGINT into KeyboardInterrupt only when the parent
+    did not ignore it: a server started from a background job or a test runner inherits SIGINT
+    ignored and would never stop. ``shutdown()`` blocks until the loop exits, so it runs in a
+    thread of its own, never in the handler (which interrupts that very loop).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        threading.Thread(target=server.shutdown, name="edgeres-serve-stop", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:  # a Ctrl+C that came before the handlers were set
+        pass
     finally:
-        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_in_thread(server: _Server) -> threading.Thread:
@@ -212,6 +267,16 @@ def serve_in_thread(server: _Server) -> threading.Thread:
 
 
 # -- https and phones ---------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _url_host(host: str) -> str:
@@ -248,30 +313,41 @@ def _certificate_hosts(host: str) -> list[str]:
     return hosts
 
 
-def self_signed_certificate(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
-    """Write ``cert.pem`` and ``key.pem`` for ``hosts`` (valid 30 days) with ``cryptography`` or ``openssl``."""
-    directory.mkdir(parents=True, exist_ok=True)
+def self_signed_certificate(directory: Path, hosts: list[str], *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``cert.pem`` and ``key.pem`` for ``hosts`` (valid 30 days) with ``cryptography`` or
+    ``openssl``, by the rule every writer follows (:func:`edgeres.outputs.write_pem`): files already
+    there are refused unless ``force``, which replaces only certificates edgeres made."""
+    from edgeres.outputs import write_pem
+
     cert, key = directory / "cert.pem", directory / "key.pem"
     try:
-        _certificate_with_cryptography(cert, key, hosts)
-        return cert, key
+        cert_pem, key_pem = _certificate_with_cryptography(hosts)
     except ImportError:
-        pass
+        cert_pem, key_pem = _certificate_with_openssl(hosts)
+    write_pem(key, key_pem, force=force, private=True)
+    write_pem(cert, cert_pem, force=force)
+    return cert, key
+
+
+def _certificate_with_openssl(hosts: list[str]) -> tuple[bytes, bytes]:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise ServeError("--https needs a certificate and neither the `cryptography` package nor the `openssl` "
                          "program is here: pip install cryptography (or install openssl).")
     san = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
-    result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-                             "-subj", "/CN=edgeres serve", "-addext", f"subjectAltName={san}",
-                             "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ServeError(f"openssl could not make a certificate: {result.stderr.strip().splitlines()[-1:]}; "
-                         f"pip install cryptography instead.")
-    return cert, key
+    with tempfile.TemporaryDirectory(prefix="edgeres-tls-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        result = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                                 "-subj", "/CN=edgeres serve", "-addext", f"subjectAltName={san}",
+                                 "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServeError(f"openssl could not make a certificate: {result.stderr.strip().splitlines()[-1:]}; "
+                             f"pip install cryptography instead.")
+        return cert.read_bytes(), key.read_bytes()
 
 
-def _certificate_with_cryptography(cert: Path, key: Path, hosts: list[str]) -> None:
+def _certificate_with_cryptography(hosts: list[str]) -> tuple[bytes, bytes]:
+    """``(certificate, private key)`` as PEM."""
     import datetime
 
     from cryptography import x509
@@ -289,9 +365,9 @@ def _certificate_with_cryptography(cert: Path, key: Path, hosts: list[str]) -> N
                    .not_valid_after(now + datetime.timedelta(days=30))
                    .add_extension(x509.SubjectAlternativeName(alt), critical=False)
                    .sign(private, hashes.SHA256()))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM), key
 
 
 def _is_ip(host: str) -> bool:

@@ -99,7 +99,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     if resume:
         config, state = load_for_resume(run_dir, config, worker)
     elif chief:
-        check_out_is_free(run_dir, log=lambda m: _say(verbose, m))
+        check_out_is_free(run_dir, log=lambda m: _say(verbose, m), data=config.data or os.environ.get("EDGERES_DATA"))
     keras.utils.set_random_seed(config.seed)
     mixed = _use_mixed_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")

@@ -3,19 +3,18 @@ client most apps use, against edgeres on the same files (MediaPipe lives in its 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from edgeres.clients import MEDIAPIPE_ENV, ClientError, check_mediapipe, mediapipe_scores
+from edgeres.clients import MEDIAPIPE_ENV, ClientError, check_mediapipe, find_mediapipe_python, mediapipe_scores
 from edgeres.evaluate import labelled_images
 from edgeres.preprocess import decode
 from edgeres.runtime import Classifier
 
+# Found as edgeres finds it: $EDGERES_MEDIAPIPE_PYTHON, else the .venv-mediapipe scripts/setup makes.
 needs_mediapipe = pytest.mark.skipif(
-    not os.environ.get(MEDIAPIPE_ENV),
-    reason=f"set {MEDIAPIPE_ENV} to a python with mediapipe (its own venv; .ci/run makes one)")
+    find_mediapipe_python() is None,
+    reason=f"no MediaPipe interpreter: scripts/setup makes .venv-mediapipe (or set {MEDIAPIPE_ENV})")
 
 
 def _spread(items, n):

@@ -1,8 +1,8 @@
 """Every Python example in examples/ runs here, on a tiny exported model, and its output is checked.
 
 ``minimal_app.py`` must print what ``edgeres predict --json`` says, ``python_api.py`` must print
-numbers in range, and ``mediapipe_classifier.py`` runs when ``EDGERES_MEDIAPIPE_PYTHON`` names a
-python that has mediapipe (it lives in its own virtualenv).
+numbers in range, and ``mediapipe_classifier.py`` runs in the MediaPipe interpreter edgeres finds
+(``EDGERES_MEDIAPIPE_PYTHON``, else the ``.venv-mediapipe`` that scripts/setup makes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from edgeres.clients import find_mediapipe_python
 
 pytestmark = pytest.mark.slow
 
@@ -173,12 +175,12 @@ def test_python_api(small_dataset, tmp_path):
 # -- mediapipe_classifier.py --------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.environ.get(MEDIAPIPE_ENV),
-                    reason=f"set {MEDIAPIPE_ENV} to a python that has mediapipe installed (its own venv)")
+@pytest.mark.skipif(find_mediapipe_python() is None,
+                    reason=f"no MediaPipe interpreter: scripts/setup makes .venv-mediapipe (or set {MEDIAPIPE_ENV})")
 @pytest.mark.parametrize("variant", ["int8", "float32"])
 def test_mediapipe_classifier(exported, photos, variant):
     model = exported / f"model_{variant}.tflite"
-    proc = _run([os.environ[MEDIAPIPE_ENV], EXAMPLES / "mediapipe_classifier.py", model, *photos,
+    proc = _run([find_mediapipe_python(), EXAMPLES / "mediapipe_classifier.py", model, *photos,
                  "--top-k", "2", "--score-threshold", "1e-9"])  # every category, below the band too
     assert proc.returncode == 0, proc.stderr
     rows = _parse_tsv(proc.stdout)
@@ -199,14 +201,14 @@ def test_mediapipe_classifier(exported, photos, variant):
     assert np.mean(dog_gap) <= 0.02, dog_gap
 
 
-@pytest.mark.skipif(not os.environ.get(MEDIAPIPE_ENV),
-                    reason=f"set {MEDIAPIPE_ENV} to a python that has mediapipe installed (its own venv)")
+@pytest.mark.skipif(find_mediapipe_python() is None,
+                    reason=f"no MediaPipe interpreter: scripts/setup makes .venv-mediapipe (or set {MEDIAPIPE_ENV})")
 def test_mediapipe_classifier_says_not_sure_with_default_options(exported, photos):
     """Default options: MediaPipe applies the band in the model's metadata, so the example prints
     "not sure" where minimal_app (edgeres's pixels) does, and the same single label elsewhere.
     Photos scoring within 0.02 of the band are left out: MediaPipe decodes the JPEG itself."""
     model = exported / "model_int8.tflite"
-    proc = _run([os.environ[MEDIAPIPE_ENV], EXAMPLES / "mediapipe_classifier.py", model, *photos])
+    proc = _run([find_mediapipe_python(), EXAMPLES / "mediapipe_classifier.py", model, *photos])
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("\t") for line in proc.stdout.splitlines()]
     app = _run([sys.executable, EXAMPLES / "minimal_app.py", model, *photos]).stdout

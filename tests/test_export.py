@@ -75,6 +75,7 @@ def test_bundle_describes_itself(tiny_bundle):
     assert any(r.startswith("conv2_block1_1_conv,") for r in rows), "layers are named by their Keras names"
     assert any(r.startswith("conv1_conv,") for r in rows)
     assert not any(r.startswith("resnet-tiny,") for r in rows), "named after the backbone, not the layer"
+    assert any(r.startswith("probabilities,SOFTMAX,") for r in rows), "the output is named by its layer, not its tensor"
     assert (tiny_bundle / "layer_errors.png").stat().st_size > 1000
     import csv
 
@@ -83,6 +84,25 @@ def test_bundle_describes_itself(tiny_bundle):
     rounding = [float(r["in_range_rmse_over_scale"]) for r in table]
     assert all(0.0 <= c <= 1.0 for c in clipped)
     assert 0.2 < float(np.median(rounding)) < 0.6, "values inside the range round like a uniform quantizer"
+
+
+def test_layer_report_names_every_row_by_a_layer_of_the_model(trained_run, tiny_bundle):
+    """Each row of layer_errors.csv names a layer a user can find with ``model.get_layer``, the
+    softmax included (its tensor is the graph's output, named by the signature, not a layer)."""
+    import csv
+
+    import keras
+
+    from edgeres.export.report import _all_layers
+    from edgeres.model import load_model
+
+    model = load_model(trained_run / "model.keras")
+    layers = {layer.name for layer in _all_layers(model) if not isinstance(layer, keras.Model)}
+    table = list(csv.DictReader((tiny_bundle / "layer_errors.csv").open()))
+    unnamed = [(r["layer"], r["tensor"]) for r in table if r["layer"] not in layers]
+    assert not unnamed, unnamed
+    assert [r["layer"] for r in table if r["op"] == "SOFTMAX"] == ["probabilities"]
+    assert len({r["layer"] for r in table}) >= 0.9 * len(table), "rows are told apart by their names"
 
 
 def test_same_seed_same_manifest_and_different_seed_differs(quant_dataset):

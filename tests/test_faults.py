@@ -46,7 +46,7 @@ def test_force_never_deletes_the_run_or_a_folder_of_other_things(trained_run, ti
     (parent / "notes.txt").write_text("mine\n")
     before = _tree(parent)
     code, out = _run("export", trained_run, "--out", parent, "--force", "--float32")
-    assert code == 2 and "not an edgeres bundle" in out and "Traceback" not in out, out
+    assert code == 2 and "not an edgeres export bundle" in out and "Traceback" not in out, out
     assert _tree(parent) == before
 
     # A bundle the user added a file to: refused, naming the file.

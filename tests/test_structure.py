@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeres"
 
 # Bottom to top. A module (a file, or a package folder taken whole) belongs to exactly one layer.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("shared", {"_stderr", "preprocess", "files", "tflite", "plots", "config", "metadata"}),
+    ("shared", {"_stderr", "preprocess", "files", "outputs", "tflite", "plots", "config", "metadata"}),
     ("data", {"data", "calibrate"}),
     ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "uncertain", "bench", "clients", "doctor",
                  "doctor_device"}),
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"model"}),
     ("train", {"train", "distribute", "run_files", "checkpoint"}),
     ("export", {"export"}),
-    ("apps", {"camera", "serve", "serve_files"}),
+    ("apps", {"camera", "serve", "serve_files", "serve_assets"}),
     ("cli", {"cli"}),
 ]
 TRAINING = {"pipeline", "model", "train", "distribute", "run_files", "checkpoint", "export"}  # TensorFlow's side; everything else runs on a device

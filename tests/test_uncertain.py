@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgeres.clients import find_mediapipe_python
 from edgeres.evaluate import labelled_images
 from edgeres.export import ExportError
 from edgeres.export.band import BUILTIN_MIN, RISK, STEP, check_setting, describe, measure, path_name
@@ -220,7 +221,8 @@ def banded(tiny_bundle, small_dataset, tmp_path_factory):
     return out
 
 
-@pytest.mark.skipif(not os.environ.get("EDGERES_MEDIAPIPE_PYTHON"), reason="set EDGERES_MEDIAPIPE_PYTHON")
+@pytest.mark.skipif(find_mediapipe_python() is None,
+                    reason="no MediaPipe interpreter: scripts/setup makes .venv-mediapipe (or set EDGERES_MEDIAPIPE_PYTHON)")
 @pytest.mark.parametrize("variant", ["int8", "float32"])
 def test_mediapipe_default_options_drop_uncertain_answers(banded, small_dataset, variant):
     """The band in the metadata, read by MediaPipe itself: with default options it returns no

@@ -39,6 +39,7 @@ from edgeres.camera.output import (BANNER_BGR, NO_GUI_HELP, RECORD_CODECS, WINDO
 from edgeres.camera.pipeline import Capture, End, EndReason, Failure, Inference, Mailbox, Result
 from edgeres.camera.sources import (FOLDER_FPS, CameraError, FolderSource, Source, SourceKind, VideoSource,
                                     open_source, parse_source)
+from edgeres.outputs import check_writable
 from edgeres.runtime import Accelerator, Classifier
 
 __all__ = ["BANNER_BGR", "FOLDER_FPS", "NO_GUI_HELP", "RECORD_CODECS", "WINDOW", "CameraError", "CameraSummary",
@@ -66,6 +67,7 @@ def run_camera(
     max_frames: int | None = None,
     snapshot_dir: str | Path = ".",
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> CameraSummary:
     """Classify frames from a camera, stream, video file or image folder until it ends or you quit.
 
@@ -86,9 +88,12 @@ def run_camera(
         raise ValueError(f"max_frames must be at least 1. Received: max_frames={max_frames}")
     if smoothing is not None and not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1). Received: smoothing={smoothing}")
-    record_path = check_record_path(record) if record is not None else None
+    record_path = check_record_path(record, force=force) if record is not None else None
     if display:
         check_display()
+        if Path(snapshot_dir).exists() and not Path(snapshot_dir).is_dir():  # the s key writes there
+            raise CameraError(f"--snapshot-dir {snapshot_dir} is a file, not a folder. Choose another --snapshot-dir.")
+        check_writable(Path(snapshot_dir) / "snapshot.png", "--snapshot-dir")
     def load(m):
         return m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator, log=log)
 
@@ -108,7 +113,7 @@ def run_camera(
     inference = Inference(clf, other, frames_box, results_box, smoothing, stop=stop, paused=paused)
     out = Output(clf, other, display=display, record_path=record_path, json_out=json_out,
                   smoothing=smoothing, realtime=realtime, snapshot_dir=Path(snapshot_dir), fps_hint=src.fps,
-                  log=log)
+                  log=log, replace_record=force)
 
     t0 = time.perf_counter()
     reason = EndReason.END_OF_SOURCE

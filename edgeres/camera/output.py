@@ -20,6 +20,7 @@ import numpy as np
 from edgeres.camera.pipeline import EndReason, Result
 from edgeres.camera.sources import CameraError, Source
 from edgeres.files import temp_name
+from edgeres.outputs import Kind, check_output, mark_recording, publish_file
 from edgeres.runtime import Classifier
 
 WINDOW = "edgeres camera"
@@ -97,9 +98,10 @@ class Output:
 
     def __init__(self, clf: Classifier, other: Classifier | None, *, display: bool, record_path: Path | None,
                  json_out: TextIO | None, smoothing: float, realtime: bool, snapshot_dir: Path,
-                 fps_hint: float, log):
+                 fps_hint: float, log, replace_record: bool = False):
         self.clf, self.other, self.display, self.smoothing, self.realtime = clf, other, display, smoothing, realtime
         self.record_path, self.json_out, self.snapshot_dir, self.log = record_path, json_out, snapshot_dir, log
+        self.replace_record = replace_record  # --force: the recording there is edgeres's own (checked)
         self.fps_hint = fps_hint if 1 <= fps_hint <= 240 else 30.0
         self.frames = self.disagreements = 0
         self.labels: collections.Counter = collections.Counter()
@@ -235,10 +237,16 @@ class Output:
     def snapshot(self) -> None:
         if self._last is None:
             return
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = self.snapshot_dir / f"edgeres-{stamp}-frame{self._last_index:06d}.png"
-        if cv2.imwrite(str(path), self._last):
+        try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # the run goes on: a snapshot is not worth ending it
+            self.log(f"edgeres: could not write snapshot {path}: {e.strerror}")
+            return
+        if path.exists():
+            self.log(f"edgeres: {path} exists; snapshot not saved")
+        elif cv2.imwrite(str(path), self._last):
             self.snapshots.append(str(path))
             self.log(f"edgeres: saved {path}")
         else:
@@ -269,8 +277,12 @@ class Output:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()
-            os.replace(self._partial, self.record_path)
             self._writer = None
+            try:  # marked as edgeres's own, so that a later --force may replace it
+                mark_recording(self._partial)
+                publish_file(self._partial, self.record_path, replace=self.replace_record)
+            finally:
+                self._partial.unlink(missing_ok=True)
         if self._window_open:
             try:
                 cv2.destroyWindow(WINDOW)
@@ -299,11 +311,14 @@ def _name(clf: Classifier) -> str:
     return clf.path.stem
 
 
-def check_record_path(record: str | Path) -> Path:
+def check_record_path(record: str | Path, *, force: bool = False) -> Path:
+    """``record`` as a recording target: a known container, and nothing there that is not an
+    edgeres recording (replaced only with ``force``: :func:`edgeres.outputs.check_output`)."""
     path = Path(record).expanduser()
     if path.suffix.lower() not in RECORD_CODECS:
         raise CameraError(f"Cannot record to {path}: use a .mp4 (mp4v) or .avi (MJPG) file name. "
                           f"Received suffix: {path.suffix or 'none'!r}.")
+    check_output(path, Kind.RECORDING, force=force, option="--record", instead=path.with_stem(path.stem + "-2").name)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

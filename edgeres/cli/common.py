@@ -4,6 +4,7 @@ their checks, and the helpers that print results."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import sys
 from enum import Enum
@@ -41,6 +42,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         mod = sys.modules.get(module)  # only modules already imported can have raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))
+    from edgeres.outputs import OutputError  # every writer's refusal (light: no heavy imports)
+
+    errors.append(OutputError)
     return tuple(errors)
 
 
@@ -61,7 +65,15 @@ def _friendly_errors():
         if isinstance(e, _user_errors()):
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS and e.filename:  # a disk full, or locked, meanwhile
+            typer.secho(f"error: {e.filename}: {e.strerror}; {_DISK_ERRORS[e.errno]}.", fg="red", err=True)
+            raise typer.Exit(EXIT_FAILED)
         raise
+
+
+_DISK_ERRORS = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+                errno.EROFS: "choose a folder on a writable disk", errno.ENOSPC: "free some space",
+                errno.EDQUOT: "free some space"}
 
 
 _MISSING_EXTRA = {
@@ -136,7 +148,6 @@ def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def _print_predictions(rows, clf, top_k: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{clf.path.name} on {clf.backend}", title_justify="left")
@@ -153,7 +164,25 @@ def _print_predictions(rows, clf, top_k: int) -> None:
         if top_k > 1:
             cells.append(", ".join(f"{lbl} {s:.2f}" for lbl, s in pred.top_k(top_k, clf.labels)))
         table.add_row(*cells, f"{pred.latency_ms:.1f}")
-    Console().print(table)
+    _print_table(table)
+
+
+def _print_table(table) -> None:
+    """A Rich table, whole. A terminal gets it fitted to its width; a file, pipe or CI log has
+    no width to fit, so it gets the table at its natural width with the title on a line of its
+    own: no cell cut to ``mode…``, no header folded, wherever the numbers are kept."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    if not console.is_terminal:
+        unbounded = Console(width=1_000_000)
+        width = Measurement.get(unbounded, unbounded.options, table).maximum
+        console = Console(width=width, highlight=False)
+        if table.title:
+            console.print(table.title, soft_wrap=True)
+            table.title = None
+    console.print(table)
 
 
 def _short_names(paths: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ evaluate, bench, camera, serve; and doctor, which says what this machine can do.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,6 +24,7 @@ from edgeres.cli.common import (
     _finite,
     _friendly_errors,
     _print_predictions,
+    _print_table,
     _short_names,
     app,
 )
@@ -89,6 +91,7 @@ def evaluate(
     client: Annotated[Optional[Client], typer.Option(help="Also run each model through this client on the same files and report its accuracy and agreement with edgeres. mediapipe: MediaPipe Tasks ImageClassifier, decoding and resizing the files itself as an app does (interpreter: $EDGERES_MEDIAPIPE_PYTHON, else .venv-mediapipe).")] = None,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --report folder; only a report edgeres evaluate wrote is ever replaced.")] = False,
 ):
     """Accuracy (95% CI), per-class precision/recall and confusion of each model; agreement between them.
 
@@ -101,7 +104,13 @@ def evaluate(
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
+        from edgeres.outputs import Kind, check_not_inside, check_output
 
+        if report:  # before any work: a target that may not be written, or inside the photos
+            check_output(report, Kind.REPORT, force=force, option="--report")
+            if data or os.environ.get("EDGERES_DATA"):
+                check_not_inside(report, data or os.environ["EDGERES_DATA"], "--report", "--data",
+                                 "its confusion PNGs would be read as a class of photos")
         from edgeres.data import resolve_data_dir
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
@@ -127,13 +136,10 @@ def evaluate(
                 checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
                           for m in models]
         if report:
-            ev.save_report(report)
-            if checks:
-                (report / "clients.json").write_text(json.dumps([c.to_dict() for c in checks], indent=2) + "\n")
+            ev.write_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
         if json_out:
             typer.echo(json.dumps({**ev.to_dict(), **({"clients": [c.to_dict() for c in checks]} if checks else {})}))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{data} ({split})", title_justify="left")
@@ -146,7 +152,7 @@ def evaluate(
             pr = [f"{m.per_class[c]['precision']:.2f}/{m.per_class[c]['recall']:.2f}" for c in ev.classes]
             table.add_row(names[m.path], str(m.n), f"{m.accuracy:.2%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", *pr,
                           f"{m.mean_latency_ms:.1f}")
-        Console().print(table)
+        _print_table(table)
         for other, agree in ev.agreement.items():
             typer.echo(f"agreement with {names[ev.models[0].path]}: {names.get(other, other)} {agree:.2%} "
                        f"({len(ev.disagreements[other])} disagreements), mean |dp| {ev.mean_abs_prob_diff.get(other, float('nan')):.4f}, "
@@ -193,7 +199,6 @@ def bench(
         if json_out:
             typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"batch 1, {results[0].threads} threads, {runs} runs", title_justify="left")
@@ -203,7 +208,7 @@ def bench(
             table.add_row(Path(r.path).name, r.input, r.backend, f"{r.load_ms:.0f}", f"{r.p50_ms:.2f}",
                           f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput_ips:.1f}", f"{r.rss_mb:.0f}",
                           f"{speedups.get(r.path, 1.0):.2f}x")
-        Console().print(table)
+        _print_table(table)
         for r in results:
             if r.self_check:
                 typer.echo(f"{Path(r.path).name}: {r.self_check_summary}")
@@ -215,6 +220,7 @@ def camera(
     source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), /dev/videoN, a video FILE, a stream URL (rtsp://, http://) or a DIR of images.")] = "0",
     no_display: Annotated[bool, typer.Option("--no-display", help="No window (devices without a screen): use --json and/or --record.")] = False,
     record: Annotated[Optional[Path], typer.Option(help="Write the annotated video: .mp4 (mp4v) or .avi (MJPG).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --record file; only a recording edgeres camera made is ever replaced.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per processed frame on stdout (index, timestamp, label, score, latency).")] = False,
     compare: Annotated[Optional[Path], typer.Option(help="A second model run on the same frames (e.g. float32 beside int8), with the running disagreement rate.")] = None,
     realtime: Annotated[Optional[bool], typer.Option("--realtime/--every-frame", help="Keep only the newest frame (default for cameras and URLs) or process every frame (default for files and folders: reproducible).")] = None,
@@ -241,7 +247,7 @@ def camera(
             model, source=source, display=not no_display, record=record,
             json_out=sys.stdout if json_out else None, compare=compare, accelerator=accelerator,
             threads=threads, realtime=realtime, smoothing=smoothing, max_frames=max_frames,
-            snapshot_dir=snapshot_dir,
+            snapshot_dir=snapshot_dir, force=force,
         )
         typer.echo(summary.format(), err=True)
         if summary.ended is EndReason.INTERRUPTED:
@@ -290,16 +296,16 @@ def doctor(
 
 @app.command()
 def serve(
-    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR).")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine, 0.0.0.0 for a phone on the same network.")] = "127.0.0.1",
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (edgeres export RUN --int8 --out DIR), or one .tflite file.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine only; 0.0.0.0 for every network this machine is on (a phone on the same Wi-Fi, and anyone else who can reach it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
     https: Annotated[bool, typer.Option("--https", help="Serve https with a self-signed certificate made now (phones allow the camera only on https).")] = False,
 ):
     """The bundle's model live in a browser: camera, photos, int8 and float32 side by side.
 
-    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the bundle's own files are served. Ctrl+C stops.
+    The page runs the .tflite files in the browser (LiteRT.js, WebAssembly) on the pixels edgeres defines, and shows label, score, FPS and latency over the video, with the bundle's labels and verification numbers. Everything is served from this machine (works offline); only the page, its JS/WASM files and the files the bundle's edgeres.json names (its models, labels.txt, runtime probes) are served, never the rest of the folder. A folder without edgeres.json is refused; one .tflite file can be served by itself. Ctrl+C stops.
 
-    The JS/WASM files come from `npm ci` in the edgeres checkout (once). A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
+    The page's JS/WASM files (LiteRT.js, pinned) come from `npm ci` in a checkout, or edgeres fetches them once from the npm registry (checked against package-lock.json's hash, cached in ~/.cache/edgeres); no Node needed. A phone needs --host 0.0.0.0 --https (browsers allow the camera only on https or localhost): scan the QR code printed here and accept the self-signed certificate once.
 
     Example: edgeres serve export/cats-dogs
     Example (phone on the same Wi-Fi): edgeres serve export/cats-dogs --host 0.0.0.0 --https

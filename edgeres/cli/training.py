@@ -75,6 +75,7 @@ def calibrate(
     data: Annotated[Optional[Path], typer.Option(help="Dataset root (default: $EDGERES_DATA).")] = None,
     size: Annotated[int, typer.Option(min=1, help="Images to draw, stratified per class, from the train split.")] = 300,
     seed: Annotated[int, typer.Option(help="Same seed, same manifest.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing manifest; only a file edgeres calibrate wrote is ever replaced.")] = False,
 ):
     """Draw a calibration manifest: N train images per class-stratified, seeded, with SHA-256s.
 
@@ -85,16 +86,18 @@ def calibrate(
     with _friendly_errors():
         from edgeres import calibrate as calib
         from edgeres.data import resolve_data_dir, scan
+        from edgeres.outputs import Kind, check_output
 
         import warnings
 
+        check_output(out, Kind.MANIFEST, force=force, instead="calibration/NAME.txt")
         root = resolve_data_dir(data)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             manifest = calib.draw(scan(root), size, seed=seed)
         for w in caught:
             typer.secho(f"warning: {w.message}", fg="yellow", err=True)
-        manifest.save(out)
+        manifest.save(out, force=force)
         typer.echo(f"Wrote {out}: {len(manifest.entries)} images {manifest.class_counts()}, sha256 {manifest.sha256[:16]}")
 
 

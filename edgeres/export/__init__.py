@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from edgeres import calibrate as calib  # noqa: E402
 from edgeres import data as data_lib  # noqa: E402
 from edgeres.config import run_resize, versions, write_bytes_atomic, write_json_atomic  # noqa: E402
+from edgeres.outputs import check_not_inside  # noqa: E402
 from edgeres.export.bundle_write import (BUNDLE_ENTRIES, _replace_dir, _write_models,  # noqa: E402,F401
                                          check_replaceable, clean_stale_partials)
 from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter, _input_quantization,  # noqa: E402,F401
@@ -177,6 +178,7 @@ def export(
     model = load_model(run_dir / "model.keras")
     # The run's own dataset unless told otherwise: calibration and verification must match training.
     root = data_lib.resolve_run_data(run, run_dir, config.data, log=log)
+    check_not_inside(out, root, "--out", "--data", "a bundle's PNGs there would be read as a class of photos")
     dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),
                             seed=run["train"].get("seed", 0), progress=progress)
     if tuple(dataset.classes) != tuple(labels):

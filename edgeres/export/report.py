@@ -47,11 +47,12 @@ def layer_error_report(model, ranges: Int8Ranges, calibration_set, size: int, ou
     # Layers only: a nested backbone's own name ("resnet50") would otherwise match every tensor.
     layer_names = sorted({layer.name for layer in _all_layers(model) if not isinstance(layer, keras.Model)},
                          key=len, reverse=True)
+    outputs = _output_layers(ranges.float_model, model)
     rows = []
     for row in csv.DictReader(io.StringIO(buf.getvalue())):
         scale = float(row["scale"]) or 1.0
         rows.append({
-            "layer": _keras_name(row["tensor_name"], layer_names),
+            "layer": outputs.get(row["tensor_name"]) or _keras_name(row["tensor_name"], layer_names),
             "op": row["op_name"],
             "rmse_over_scale": float(np.sqrt(float(row["mean_squared_error"])) / scale),
             "clipped_fraction": float(row["clipped_fraction"]),
@@ -102,6 +103,16 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def _output_layers(float_model: bytes, model) -> dict[str, str]:
+    """The graph's output tensors, named by the signature ("StatefulPartitionedCall_1:0") rather than
+    by a layer, mapped to the Keras layers that make them (the softmax: "probabilities")."""
+    from edgeres import tflite
+
+    graph = tflite.read_model(float_model).Subgraphs(0)
+    names = [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())]
+    return dict(zip(names, model.output_names)) if len(names) == len(model.output_names) else {}
+
+
 def _keras_name(tensor_name: str, layer_names: list[str]) -> str:
     # Tensor names look like "edgeres_resnet50_1/resnet50_1/conv2_block1_1_conv_1/convolution";
     # a fused op lists several (conv;bn;relu) separated by ';': name it after its conv/dense layer.
@@ -115,8 +126,6 @@ def _keras_name(tensor_name: str, layer_names: list[str]) -> str:
         if name.endswith("_conv") or name == "logits":
             return name
     return matches[0] if matches else tensor_name.split(";")[-1]
-
-
 
 
 def _plot_layer_errors(rows: list[dict], path: Path) -> None:

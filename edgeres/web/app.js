@@ -1,16 +1,24 @@
 // The edgeres page: the bundle's .tflite models in the browser (LiteRT.js, WebAssembly CPU),
-// on a live camera or a photo, int8 and float32 side by side. Served by `edgeres serve`.
+// on a live camera or a photo. Served by `edgeres serve`.
+//
+// Every frame runs the model the user picked (int8 unless told otherwise); the others run only
+// in compare mode, side by side, so a slow float32 never throttles the int8 camera.
 //
 // URL parameters: autostart=1 starts the camera at once; facing=user|environment picks the
-// camera; models=int8,float32 loads only those; threads=0 forces one thread; record=N keeps the
+// camera; model=float32 picks the model; compare=1 runs every loaded model on every frame;
+// models=int8,float32 loads only those; threads=0 forces one thread; record=N keeps the
 // last N inputs and answers for window.edgeres.takeRecords() (test harnesses), frames=1 with
 // the whole frame each was computed from.
 //
-// #result carries the latest answer of the first model for any harness: data-label,
-// data-score, data-frames (camera frames classified), data-source, data-fps, data-latency-ms,
-// data-<variant>-label / -score for every model, data-error when something failed.
+// #result carries the latest answer of the picked model for any harness: data-label,
+// data-score, data-uncertain (true when the score is below the bundle's "uncertain" threshold:
+// the text then says "not sure", the label stays), data-model, data-frames (camera frames classified), data-source, data-fps,
+// data-latency-ms, data-compare, data-<variant>-label / -score for every model run, data-error
+// when something failed; data-runtime-check (JSON: this runtime's agreement with each runtime
+// the bundle recorded, see runtime_check.js) and data-runtime-check-status (running/done/error).
 
 import { RESIZE_RULES, toPixels } from './pixels.js';
+import { checkRuntime, describe as describeCheck } from './runtime_check.js';
 import * as litert from './vendor/litertjs/core/index.js';
 
 const params = new URLSearchParams(location.search);
@@ -22,7 +30,10 @@ const DISAGREE = 'rgb(230, 126, 34)';
 
 const app = {
   config: null,
-  models: [], // {variant, file, input, output, compiled}
+  models: [], // {variant, file, input, output, compiled (null until first needed)}
+  selected: null, // the variant every frame runs
+  compare: params.get('compare') === '1', // run every model on every frame
+  numThreads: 1,
   size: [0, 0], // [H, W]
   resize: 'bilinear',
   runtime: '',
@@ -36,7 +47,16 @@ const app = {
   recordFrames: params.get('frames') === '1', // records keep the whole frame too (large)
   error: null,
   ready: false,
+  runtimeCheck: null, // this runtime vs the bundle's recorded runtimes, once the probes ran
 };
+
+// One model run at a time: the camera loop and the runtime check share the compiled models.
+let queue = Promise.resolve();
+function exclusive(fn) {
+  const run = queue.then(fn, fn);
+  queue = run.catch(() => {});
+  return run;
+}
 
 const video = $('video');
 const view = $('view');
@@ -63,6 +83,7 @@ async function init() {
   setStatus('loading LiteRT.js…');
   await litert.loadLiteRt(new URL('vendor/litertjs/wasm/', location.href).href, { threads: threaded });
   app.runtime = `LiteRT.js ${versions['@litertjs/core'] || ''} (WebAssembly, ${numThreads} thread${numThreads > 1 ? 's' : ''})`;
+  app.numThreads = numThreads;
 
   const wanted = params.get('models') ? params.get('models').split(',') : null;
   for (const m of config.models) {
@@ -70,18 +91,58 @@ async function init() {
     if (!['uint8', 'float32'].includes(m.input.dtype)) {
       throw new Error(`${m.file}: input dtype ${m.input.dtype} is not supported by LiteRT.js (uint8 or float32)`);
     }
-    setStatus(`loading ${m.file} (${(m.bytes / 1e6).toFixed(1)} MB)…`);
-    const compiled = await litert.loadAndCompile(new URL(m.url, location.href).href,
-      { accelerator: 'wasm', cpuOptions: { numThreads } });
-    app.models.push({ ...m, compiled });
+    app.models.push({ ...m, compiled: null });
   }
   if (!app.models.length) throw new Error(`no model matches models=${params.get('models')} (bundle has ${config.models.map((m) => m.variant)})`);
+  const picked = params.get('model');
+  if (picked && !app.models.some((m) => m.variant === picked)) {
+    throw new Error(`model=${picked}: not among the loaded models (${app.models.map((m) => m.variant)})`);
+  }
+  app.selected = picked || app.models[0].variant;
+  for (const m of running()) await compile(m);
   showModelCards();
+  $('compare').checked = app.compare;
+  $('compare').disabled = app.models.length < 2;
   app.ready = true;
-  setStatus(`ready: ${app.models.map((m) => m.variant).join(' + ')} on ${app.runtime}`);
+  setStatus(`ready: ${running().map((m) => m.variant).join(' + ')} on ${app.runtime}`);
   $('start').disabled = false;
   $('switch').disabled = false;
+  if (config.runtimes) selfCheck(config.runtimes).catch(failCheck);
   if (params.get('autostart') === '1') await startCamera();
+}
+
+/** The models every frame runs: the picked one, or all of them in compare mode (picked first). */
+function running() {
+  const picked = app.models.find((m) => m.variant === app.selected);
+  return app.compare ? [picked, ...app.models.filter((m) => m !== picked)] : [picked];
+}
+
+async function compile(m) {
+  if (m.compiled) return m.compiled;
+  m.compiling ??= (async () => {
+    setStatus(`loading ${m.file} (${(m.bytes / 1e6).toFixed(1)} MB)…`);
+    m.compiled = await litert.loadAndCompile(new URL(m.url, location.href).href,
+      { accelerator: 'wasm', cpuOptions: { numThreads: app.numThreads } });
+    return m.compiled;
+  })();
+  return m.compiling;
+}
+
+async function pick(variant) {
+  const m = app.models.find((x) => x.variant === variant);
+  if (!m) throw new Error(`no model ${variant} on this page (${app.models.map((x) => x.variant)})`);
+  await compile(m);
+  app.selected = variant;
+  markCards();
+  setStatus(`running: ${running().map((x) => x.variant).join(' + ')} on ${app.runtime}`);
+}
+
+async function setCompare(on) {
+  app.compare = Boolean(on);
+  $('compare').checked = app.compare;
+  if (app.compare) for (const m of app.models) await compile(m);
+  markCards();
+  setStatus(`running: ${running().map((x) => x.variant).join(' + ')} on ${app.runtime}`);
 }
 
 async function supported(feature) {
@@ -101,16 +162,18 @@ async function fetchJson(url) {
 
 // -- the model -----------------------------------------------------------------------------------
 
-/** Run every loaded model on model-sized RGB pixels; latency covers input, invoke and output. */
-async function classify(pixels) {
+/** Run the picked model (every model in compare mode, or those given) on model-sized RGB
+ * pixels; latency covers input, invoke and output. */
+async function classify(pixels, models = running()) {
   const [H, W] = app.size;
   const results = [];
-  for (const m of app.models) {
+  for (const m of models) {
+    await compile(m);
     const t0 = performance.now();
     const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, H, W, 3]);
     let outputs;
     try {
-      outputs = await m.compiled.run(tensor);
+      outputs = await exclusive(() => m.compiled.run(tensor));
     } finally {
       tensor.delete();
     }
@@ -121,10 +184,64 @@ async function classify(pixels) {
     let index = 0;
     for (let i = 1; i < probs.length; i++) if (probs[i] > probs[index]) index = i;
     results.push({ variant: m.variant, label: app.config.labels[index], index, score: probs[index],
-                   probs: Array.from(probs), latencyMs });
+                   uncertain: isUncertain(probs[index]), probs: Array.from(probs), latencyMs });
   }
   return results;
 }
+
+// -- the runtime checks itself against the bundle's record ---------------------------------------
+
+async function selfCheck(runtimes) {
+  const described = app.config.models.find((m) => m.file === runtimes.model);
+  if (!described) throw new Error(`the runtime record's model ${runtimes.model} is not served`);
+  const m = app.models.find((x) => x.file === runtimes.model) || { ...described, compiled: null };
+  const [, h, w] = runtimes.probes.shape;
+  const result = $('result');
+  result.dataset.runtimeCheckStatus = 'running';
+  $('runtime-check').replaceChildren(el('li', `running ${runtimes.probes.n} probes through ${runtimes.model}…`));
+  await compile(m);
+  const run = async (pixels) => {
+    const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, h, w, 3]);
+    let outputs;
+    try {
+      outputs = await exclusive(() => m.compiled.run(tensor));
+    } finally {
+      tensor.delete();
+    }
+    const raw = outputs[0].toTypedArray().slice();
+    for (const o of outputs) o.delete();
+    if (!(raw instanceof Uint8Array)) throw new Error(`${m.file}: output is ${raw.constructor.name}, the record is uint8`);
+    return raw;
+  };
+  const check = await checkRuntime(runtimes, run, {
+    fetchBytes: async (url) => {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      return response.arrayBuffer();
+    },
+  });
+  app.runtimeCheck = check;
+  const { outputs, ...summary } = check;
+  result.dataset.runtimeCheck = JSON.stringify(summary);
+  result.dataset.runtimeCheckStatus = 'done';
+  $('runtime-check').replaceChildren(...describeCheck(check, check.tolerance_steps).map((line) => el('li', line)));
+}
+
+function failCheck(error) {
+  const message = error instanceof Error ? error.message : String(error);
+  $('result').dataset.runtimeCheckStatus = `error: ${message}`;
+  $('runtime-check').replaceChildren(el('li', `runtime check failed: ${message}`));
+  console.error(error);
+}
+
+// edgeres.json "uncertain" (issue 26): the runtimes and float/int8 paths disagree only below
+// this top score, so an answer under it is shown "not sure" (its label kept), as predict does.
+function isUncertain(score) {
+  const threshold = app.config.uncertain?.threshold;
+  return threshold != null && score < threshold;
+}
+
+const NOT_SURE = 'not sure';
 
 // As edgeres.runtime.Classifier.quantize_input: uint8 pixels as they are, float32 as values
 // 0..255, other uint8 scales quantized (round half to even, as numpy).
@@ -192,16 +309,25 @@ function publish(results, info) {
   el.dataset.model = first.variant;
   el.dataset.latencyMs = first.latencyMs.toFixed(2);
   el.dataset.fps = info.fps == null ? '' : info.fps.toFixed(2);
+  el.dataset.compare = app.compare ? '1' : '0';
   for (const r of results) {
     el.dataset[camel(`${r.variant}-label`)] = r.label;
     el.dataset[camel(`${r.variant}-score`)] = r.score.toFixed(6);
   }
-  el.textContent = `${first.label} ${(100 * first.score).toFixed(1)}%` +
+  el.dataset.uncertain = String(first.uncertain);
+  el.classList.toggle('uncertain', first.uncertain);
+  el.textContent = `${first.label} ${(100 * first.score).toFixed(1)}%` + (first.uncertain ? ` · ${NOT_SURE}` : '') +
     (info.source === 'file' ? ` (${info.name})` : '');
+  for (const card of document.querySelectorAll('.model')) {
+    if (!results.some((r) => r.variant === card.dataset.variant)) {
+      card.querySelector('.meta').textContent = 'not run: pick it, or compare';
+    }
+  }
   for (const r of results) {
     const card = document.querySelector(`.model[data-variant="${r.variant}"]`);
     if (!card) continue;
-    card.querySelector('.label').textContent = `${r.label} ${(100 * r.score).toFixed(1)}%`;
+    card.querySelector('.label').textContent = `${r.label} ${(100 * r.score).toFixed(1)}%` +
+      (r.uncertain ? ` · ${NOT_SURE}` : '');
     card.querySelector('.bar > div').style.width = `${(100 * r.score).toFixed(1)}%`;
     card.querySelector('.meta').textContent = `${r.latencyMs.toFixed(1)} ms` +
       (info.fps ? ` · ${info.fps.toFixed(1)} FPS` : '');
@@ -217,7 +343,7 @@ function drawOverlay(results, info) {
   viewCtx.drawImage(grab, 0, 0);
   const lineH = Math.max(16, Math.round(h / 18));
   const pad = Math.round(lineH / 3);
-  const lines = results.map((r) => [`${r.variant}  ${r.label}  ${r.score.toFixed(2)}  ${r.latencyMs.toFixed(1)} ms`,
+  const lines = results.map((r) => [`${r.variant}  ${r.label}  ${r.score.toFixed(2)}${r.uncertain ? `  ${NOT_SURE}` : ''}  ${r.latencyMs.toFixed(1)} ms`,
                                     r.label === results[0].label ? AGREE : DISAGREE]);
   const status = info.source === 'camera'
     ? `${info.fps ? info.fps.toFixed(1) : '–'} FPS  ·  resize ${info.preMs.toFixed(1)} ms  ·  frame ${app.frames}`
@@ -313,6 +439,7 @@ async function classifyFile(file) {
 
 function wireControls() {
   $('start').addEventListener('click', () => (app.running ? stopCamera() : startCamera()));
+  $('compare').addEventListener('change', (e) => setCompare(e.target.checked).catch(fail));
   $('switch').addEventListener('click', () => {
     app.facing = app.facing === 'user' ? 'environment' : 'user';
     if (app.running) startCamera();
@@ -342,6 +469,11 @@ function showFacts(config) {
   ];
   if (config.arch) facts.push(['architecture', config.arch]);
   if (config.status) facts.push(['int8 check', config.status]);
+  const band = config.uncertain;
+  if (band) {
+    facts.push([NOT_SURE, band.threshold == null ? 'off (no threshold in this bundle)'
+      : `top score below ${band.threshold} (${band.source || 'recorded'}${band.photos ? `, measured on ${band.photos} photos` : ''})`]);
+  }
   $('facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', k), el('dd', v)]));
 
   const v = config.verification;
@@ -378,9 +510,28 @@ function showModelCards() {
     label.className = 'label';
     const meta = el('div', `${(m.bytes / 1e6).toFixed(1)} MB`);
     meta.className = 'meta';
-    card.append(el('h3', m.variant), label, bar, meta);
+    const radio = el('input');
+    radio.type = 'radio';
+    radio.name = 'pick';
+    radio.value = m.variant;
+    radio.addEventListener('change', () => pick(m.variant).catch(fail));
+    const title = el('label');
+    title.append(radio, ` ${m.variant}`);
+    const heading = el('h3');
+    heading.append(title);
+    card.append(heading, label, bar, meta);
     return card;
   }));
+  markCards();
+}
+
+function markCards() {
+  for (const card of document.querySelectorAll('.model')) {
+    const on = card.dataset.variant === app.selected;
+    card.classList.toggle('picked', on);
+    card.classList.toggle('idle', !on && !app.compare);
+    card.querySelector('input[name=pick]').checked = on;
+  }
 }
 
 function el(tag, text) {
@@ -426,6 +577,8 @@ window.edgeres = {
   toPixels,
   classify,
   classifyFile,
+  pick,
+  setCompare,
   startCamera,
   stopCamera,
   /** The recorded inputs (base64 RGB) and answers since the last call (needs ?record=N). */

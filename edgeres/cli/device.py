@@ -132,7 +132,7 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{data} ({split})", title_justify="left")
+        table = Table(title=f"{data} ({ev.split if ev.split != 'all' else 'every image'})", title_justify="left")
         names = dict(zip((m.path for m in ev.models), _short_names([m.path for m in ev.models])))
         for col in ("model", "n", "accuracy", "95% CI", *[f"{c} P/R" for c in ev.classes], "ms"):
             # The model column never truncates: float32 and int8 must stay tellable apart.

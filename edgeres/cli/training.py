@@ -145,7 +145,7 @@ def export_cmd(
             try:
                 report = export(run_dir, out=out, formats=tuple(formats), data=data, calibration=calibration,
                                 calibration_size=calibration_size, max_drop=max_drop, force=force,
-                                float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
+                                float_layers=tuple(x.strip() for x in float_layers.split(",") if x.strip()) if float_layers else (),
                                 ranges=ranges, verify_limit=verify_limit, resize=resize, client_check=client_check, layer_report=layer_report, seed=seed,
                                 log=lambda m: typer.echo(m, err=True))
             except QuantizationCheckFailed as e:

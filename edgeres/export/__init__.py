@@ -37,7 +37,7 @@ from edgeres.config import run_resize, versions, write_bytes_atomic, write_json_
 from edgeres.export.bundle_write import (BUNDLE_ENTRIES, _replace_dir, _write_models,  # noqa: E402,F401
                                          check_replaceable, clean_stale_partials)
 from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter, _input_quantization,  # noqa: E402,F401
-                                    _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, convert,
+                                    _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, check_float_layers, convert,
                                     convert_int8, float_tensors, representative_dataset)
 from edgeres.export.quantize import activation_tensors, debug_model, quantize, softmax_inputs  # noqa: E402,F401
 from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE,  # noqa: E402,F401
@@ -168,6 +168,10 @@ def export(
 
     t = time.perf_counter()
     model = load_model(run_dir / "model.keras")
+    if float_layers:
+        if Format.INT8 not in formats:
+            raise ExportError("--float-layers keeps layers of the int8 model in float: add --int8, or drop it.")
+        check_float_layers(model, float_layers, run_dir)
     # The run's own dataset unless told otherwise: calibration and verification must match training.
     root = data_lib.resolve_run_data(run, run_dir, config.data, log=log)
     dataset = data_lib.scan(root, val_fraction=run["train"].get("val_fraction", 0.2),

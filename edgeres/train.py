@@ -74,7 +74,7 @@ class TrainResult:
         return self.run_dir / "model.keras"
 
 
-def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: int = 1) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool = False, given=(), callbacks=(), verbose: int = 1) -> TrainResult:
     """Train (or resume) the run ``config.out``; returns when every epoch is done.
 
     ``config.weights="auto"`` (the default) starts from ImageNet weights when Keras's cache has
@@ -83,7 +83,9 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     fine-tuned for as many); else from scratch, saying why in one line. The run's config.json
     records the choice as ``weights_used``.
 
-    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``. A start
+    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``; the run
+    keeps its own settings, and a field named in ``given`` (those the user set) that contradicts
+    them is refused (ResumeError). A start
     that fails before its first epoch is saved (bad weights, bad data, Ctrl-C) removes what it
     wrote, so the same command can simply be run again. ``verbose``: 0 silent, 1 Keras's
     progress bar, 2 one line per epoch (for logs and other non-terminals).
@@ -97,7 +99,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     chief, worker = is_chief(strategy)
     state = {"epoch": 0, "best_val_accuracy": -1.0, "history": []}
     if resume:
-        config, state = load_for_resume(run_dir, config, worker)
+        config, state = load_for_resume(run_dir, config, worker, given)
     elif chief:
         check_out_is_free(run_dir, log=lambda m: _say(verbose, m))
     keras.utils.set_random_seed(config.seed)

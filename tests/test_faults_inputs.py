@@ -102,3 +102,73 @@ def test_train_refuses_classes_differing_in_case(photos_root, tmp_path):
     code, out = _run("calibrate", "--data", root, "--size", "2", "--out", tmp_path / "c.txt")
     _one_line_error(code, out, "differ only in case")
     assert not (tmp_path / "c.txt").exists()
+
+
+# -- 4/6. --resume: contradictions refused; corrupt run files named ---------------------------------
+
+
+@pytest.fixture()
+def run_copy(trained_run, tmp_path) -> Path:
+    """A copy of the trained run (the session's run is shared: never touched)."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, said", [
+    (["--arch", "resnet50"], "--arch resnet50 (the run: resnet-tiny)"),
+    (["--image-size", "128"], "--image-size 128 (the run: 64)"),
+    (["--batch-size", "8", "--seed", "3"], "--batch-size 8 (the run: 16); --seed 3 (the run: 0)"),
+    (["--epochs", "2"], "--epochs 2 (the run has 8"),
+    (["--no-xla"], None),  # the run was made with XLA off (CPU): not a contradiction
+])
+def test_resume_refuses_options_that_contradict_the_run(run_copy, args, said):
+    state = (run_copy / "state.json").read_text()
+    code, out = _run("train", "--out", run_copy, "--resume", *args)
+    if said is None:
+        assert code == 0 and "Traceback" not in out, out
+        return
+    _one_line_error(code, out, said, "config.json", "another --out")
+    assert (run_copy / "state.json").read_text() == state
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_data_and_accepts_the_same_folder(run_copy, quant_dataset, small_dataset):
+    code, out = _run("train", "--out", run_copy, "--resume", "--data", small_dataset)
+    _one_line_error(code, out, f"--data {small_dataset}", str(quant_dataset.resolve()))
+    # The same folder, named another way: the run goes on (nothing left to train: 8 of 8 done).
+    code, out = _run("train", "--out", run_copy, "--resume", "--data", quant_dataset / ".." / quant_dataset.name)
+    assert code == 0 and "Done: 8 epochs" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, content, said", [
+    ("state.json", "{\"epoch\": 3, \"best_v", "not valid JSON"),
+    ("state.json", "", "is empty"),
+    ("state.json", "[1, 2]", "holds a JSON array, not object"),
+    ("state.json", "{\"epoch\": \"three\", \"best_val_accuracy\": 0.5, \"history\": []}", "\"epoch\""),
+    ("state.json", "{\"epoch\": 2, \"best_val_accuracy\": 0.5, \"history\": {}}", "\"history\""),
+    ("config.json", "{\"train\": ", "not valid JSON"),
+    ("config.json", "{\"labels\": [\"cats\", \"dogs\"]}", "no \"train\" object"),
+    ("config.json", "{\"train\": {\"arch\": \"resnet-tiny\"}, \"labels\": \"cats\"}", "\"labels\""),
+    ("config.json", "{\"train\": {\"image_size\": \"64\"}, \"labels\": [\"cats\", \"dogs\"]}", "image_size"),
+    ("config.json", "{\"train\": {\"precision\": \"fp8\"}, \"labels\": [\"cats\", \"dogs\"]}", "fp8"),
+])
+def test_corrupt_run_files_are_one_line_on_resume_and_export(run_copy, tmp_path, name, content, said):
+    (run_copy / name).write_text(content)
+    code, out = _run("train", "--out", run_copy, "--resume")
+    _one_line_error(code, out, run_copy / name, said)
+    if name == "config.json":
+        code, out = _run("export", run_copy, "--out", tmp_path / "bundle", "--float32")
+        _one_line_error(code, out, run_copy / name, said)
+        assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_state_without_last_model_and_a_cut_model_are_named(run_copy, tmp_path):
+    (run_copy / "last.keras").unlink()
+    code, out = _run("train", "--out", run_copy, "--resume")
+    _one_line_error(code, out, "last.keras", "missing")
+    data = (run_copy / "model.keras").read_bytes()
+    (run_copy / "model.keras").write_bytes(data[: len(data) // 2])
+    code, out = _run("export", run_copy, "--out", tmp_path / "b", "--float32")
+    _one_line_error(code, out, run_copy / "model.keras", "cut or corrupt")

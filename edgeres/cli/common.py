@@ -30,12 +30,14 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeres.calibrate import CalibrationError
     from edgeres.data import DataError
+    from edgeres.files import BadFileError
     from edgeres.preprocess import ImageError
     from edgeres.runtime import AcceleratorError, ModelError
 
-    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
+    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError, BadFileError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
+                         ("edgeres.run_files", "ResumeError"),
                          ("edgeres.clients", "ClientError"),
                          ("edgeres.camera", "CameraError")):
         mod = sys.modules.get(module)  # only modules already imported can have raised

@@ -20,7 +20,6 @@ Importing this package does not import TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -285,4 +284,6 @@ def _load_run(run_dir: Path) -> dict:
     if not (run_dir / "model.keras").is_file() or not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished edgeres run (needs model.keras and config.json). "
                                 f"Train one with: edgeres train --out {run_dir}")
-    return json.loads(config.read_text())
+    from edgeres.run_files import read_run_config
+
+    return read_run_config(run_dir, fix=f"Restore it from a copy; without it {run_dir} cannot be exported.")

@@ -172,3 +172,24 @@ def test_state_without_last_model_and_a_cut_model_are_named(run_copy, tmp_path):
     (run_copy / "model.keras").write_bytes(data[: len(data) // 2])
     code, out = _run("export", run_copy, "--out", tmp_path / "b", "--float32")
     _one_line_error(code, out, run_copy / "model.keras", "cut or corrupt")
+
+
+# -- 5. TF_CONFIG ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tf_config, said", [
+    ("{cluster: worker}", "not valid JSON"),
+    ("[1, 2]", "no usable \"cluster\""),
+    ('{"cluster": {"worker": ["localhost:1"]}}', "no \"task\""),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": "worker"}', "no \"task\""),
+    ('{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 5}}',
+     "task index 5"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": "0"}}', "task index '0'"),
+    ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}', "no usable \"cluster\""),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}', "\"chief\" is not in"),
+])
+def test_malformed_tf_config_is_one_line(tf_config, said, small_dataset, tmp_path):
+    code, out = _run("train", "--data", small_dataset, "--out", tmp_path / "run", "--arch", "resnet-tiny",
+                     "--weights", "none", "--image-size", "64", env={"TF_CONFIG": tf_config})
+    _one_line_error(code, out, "TF_CONFIG", said, "unset it")
+    assert not (tmp_path / "run").exists()

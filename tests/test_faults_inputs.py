@@ -193,3 +193,47 @@ def test_malformed_tf_config_is_one_line(tf_config, said, small_dataset, tmp_pat
                      "--weights", "none", "--image-size", "64", env={"TF_CONFIG": tf_config})
     _one_line_error(code, out, "TF_CONFIG", said, "unset it")
     assert not (tmp_path / "run").exists()
+
+
+# -- 7/8. the MediaPipe interpreter: checked before any work; missing is an error -------------------
+
+
+def _interpreters(tmp_path: Path) -> dict[str, Path]:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a program\n")
+    no_shebang = tmp_path / "no_shebang"
+    no_shebang.write_bytes(b"\x7fELF\x00garbage")
+    no_shebang.chmod(0o755)
+    no_mp = tmp_path / "python-without-mediapipe"
+    no_mp.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'mediapipe'\" >&2\nexit 1\n")
+    no_mp.chmod(0o755)
+    return {"not executable": plain, "cannot be run": no_shebang, "a folder": tmp_path,
+            "has no mediapipe": no_mp, "no such file": tmp_path / "missing" / "python"}
+
+
+@pytest.mark.slow
+def test_broken_mediapipe_interpreter_is_one_line(tiny_bundle, trained_run, quant_dataset, tmp_path):
+    for said, python in _interpreters(tmp_path).items():
+        env = {"EDGERES_MEDIAPIPE_PYTHON": str(python)}
+        code, out = _run("evaluate", tiny_bundle, "--data", quant_dataset, "--client", "mediapipe", env=env)
+        _one_line_error(code, out, said, python)
+        # export: refused before converting (no bundle, no partial folder).
+        code, out = _run("export", trained_run, "--out", tmp_path / "b", "--float32", env=env)
+        _one_line_error(code, out, said, "EDGERES_MEDIAPIPE_PYTHON" if said != "has no mediapipe" else python,
+                        "--no-client-check")
+        assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+
+
+def test_evaluate_client_without_mediapipe_fails_saying_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("mediapipe") is not None:
+        pytest.skip("mediapipe is importable here: it cannot be missing")
+    monkeypatch.chdir(tmp_path)  # no .venv-mediapipe here
+    monkeypatch.delenv("EDGERES_MEDIAPIPE_PYTHON", raising=False)
+    import edgeres.clients as clients
+
+    # The checkout may hold a .venv-mediapipe beside the package: look only in the working folder.
+    monkeypatch.setattr(clients, "__file__", str(tmp_path / "edgeres" / "clients.py"))
+    code, out = _run("evaluate", tmp_path / "m.tflite", "--data", tmp_path, "--client", "mediapipe")
+    _one_line_error(code, out, "no MediaPipe interpreter", "pip install mediapipe")

@@ -100,6 +100,11 @@ def evaluate(
 
         from edgeres.data import resolve_data_dir
 
+        if client is Client.MEDIAPIPE:  # asked for: checked before any work, an error when missing
+            from edgeres.clients import require_mediapipe_python
+
+            mediapipe_python = require_mediapipe_python()
+
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
@@ -112,16 +117,8 @@ def evaluate(
             classes, items = labelled_images(data, split)
             if limit:
                 items = items[:: max(1, len(items) // limit)][:limit]
-            from edgeres.clients import find_mediapipe_python
-
-            if find_mediapipe_python() is None:  # the edgeres numbers still stand: say how, go on
-                from edgeres.clients import MEDIAPIPE_HOWTO
-
-                typer.secho(f"warning: --client mediapipe: no MediaPipe interpreter found. {MEDIAPIPE_HOWTO}.",
-                            fg="yellow", err=True)
-            else:
-                checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
-                          for m in models]
+            checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes,
+                                      python=mediapipe_python) for m in models]
         if report:
             ev.save_report(report)
             if checks:

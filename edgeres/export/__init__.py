@@ -43,7 +43,7 @@ from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_S
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
 from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
-from edgeres.export.verify import client_checks, verify  # noqa: E402
+from edgeres.export.verify import client_check_python, client_checks, verify  # noqa: E402
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
 
@@ -150,6 +150,7 @@ def export(
     run = _load_run(run_dir)
     out = Path(out) if out is not None else Path("export") / run_dir.name
     check_replaceable(out, run_dir, force=force)
+    client_python = client_check_python(config.client_check, log)  # a broken interpreter fails now, not after converting
     clean_stale_partials(out)
     labels, size = run["labels"], run["train"]["image_size"]
     trained_with = run_resize(run["train"])
@@ -240,7 +241,8 @@ def export(
         log(f"Verifying {len(files)} model(s) with LiteRT on the validation split ...")
         verification = verify(tmp, files, dataset, limit=config.verify_limit, threads=threads, progress=progress)
         timings["verify"] = time.perf_counter() - t
-        clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
+        clients = client_checks(tmp, files, dataset, limit=config.verify_limit, python=client_python,
+                                enabled=config.client_check, log=log)
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if config.layer_report and chosen is not None:

@@ -237,3 +237,52 @@ def test_evaluate_client_without_mediapipe_fails_saying_how_to_install(tmp_path,
     monkeypatch.setattr(clients, "__file__", str(tmp_path / "edgeres" / "clients.py"))
     code, out = _run("evaluate", tmp_path / "m.tflite", "--data", tmp_path, "--client", "mediapipe")
     _one_line_error(code, out, "no MediaPipe interpreter", "pip install mediapipe")
+
+
+# -- 8. camera: the exit code says whether frames were classified -----------------------------------
+
+
+@pytest.mark.slow
+def test_camera_on_a_video_with_no_frames_fails(tiny_bundle, tmp_path):
+    import cv2
+
+    video = tmp_path / "empty.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer.release()
+    assert cv2.VideoCapture(str(video)).isOpened()  # opens; holds no frame
+    code, out = _run("camera", tiny_bundle, "--source", video, "--no-display")
+    _one_line_error(code, out, video, "no frame", rc=1)
+
+
+@pytest.mark.slow
+def test_camera_whose_stream_is_lost_for_good_fails(tiny_bundle, photos_root, monkeypatch):
+    import numpy as np
+
+    import edgeres.camera as camera
+    import edgeres.camera.sources as sources
+    from edgeres.preprocess import decode
+
+    frame = np.ascontiguousarray(np.asarray(decode(next((photos_root / "validation" / "cats").glob("*.jpg"))))[:, :, ::-1])
+
+    class LostStream(sources.Source):
+        kind, live, fps = sources.SourceKind.STREAM, True, 30.0
+
+        def __init__(self):
+            super().__init__("rtsp://cam.local/live")
+            self.opens, self.left = 0, 3
+
+        def open(self):
+            self.opens += 1
+            if self.opens > 1:
+                raise sources.CameraError("connection refused")
+
+        def read(self):
+            if self.left == 0:
+                return False, None
+            self.left -= 1
+            return True, frame.copy()
+
+    monkeypatch.setattr(camera, "RECONNECT_BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(sources, "parse_source", lambda spec: LostStream())
+    code, out = _run("camera", tiny_bundle, "--source", "rtsp://cam.local/live", "--no-display", "--every-frame")
+    _one_line_error(code, out, "rtsp://cam.local/live", "lost", "3 frame(s)", rc=1)

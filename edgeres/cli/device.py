@@ -232,6 +232,17 @@ def camera(
         typer.echo(summary.format(), err=True)
         if summary.ended is EndReason.INTERRUPTED:
             raise typer.Exit(130)
+        # The exit code tells whether the asked-for work happened: a lost source or no frame is not success.
+        failed = None
+        if summary.ended is EndReason.SOURCE_LOST:
+            failed = (f"source {summary.source} was lost and did not come back after {summary.reconnects} "
+                      f"reconnect(s); {summary.frames} frame(s) were classified before that.")
+        elif summary.frames == 0 and summary.ended is EndReason.END_OF_SOURCE:
+            failed = (f"no frame could be classified from {summary.source} ({summary.corrupt} unreadable): "
+                      f"the video is empty or its frames cannot be decoded. Check it plays (ffplay, VLC).")
+        if failed:
+            typer.secho(f"error: {failed}", fg="red", err=True)
+            raise typer.Exit(EXIT_FAILED)
 
 
 # -- doctor --------------------------------------------------------------------------------

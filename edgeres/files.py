@@ -72,8 +72,10 @@ def read_json(path: str | Path, *, fix: str, shape: type = dict):
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadFileError(f"{path}: no such file. {fix}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadFileError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e}). {fix}") from None
+    except UnicodeDecodeError:
+        raise BadFileError(f"{path}: is not text (UTF-8 JSON); it may be corrupt. {fix}") from None
+    except OSError as e:
+        raise BadFileError(f"{path}: cannot be read ({e.strerror or e}). {fix}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:

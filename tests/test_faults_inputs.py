@@ -286,3 +286,19 @@ def test_camera_whose_stream_is_lost_for_good_fails(tiny_bundle, photos_root, mo
     monkeypatch.setattr(sources, "parse_source", lambda spec: LostStream())
     code, out = _run("camera", tiny_bundle, "--source", "rtsp://cam.local/live", "--no-display", "--every-frame")
     _one_line_error(code, out, "rtsp://cam.local/live", "lost", "3 frame(s)", rc=1)
+
+
+# -- 3. --float-layers: unknown names refused before converting, never recorded --------------------
+
+
+@pytest.mark.slow
+def test_unknown_float_layers_are_refused_before_converting(trained_run, tmp_path):
+    out = tmp_path / "b"
+    code, text = _run("export", trained_run, "--out", out, "--float-layers", "no_such_layer,conv1_conv",
+                      "--no-client-check")
+    _one_line_error(code, text, "'no_such_layer'", "layer_errors.csv", "conv")
+    assert "'conv1_conv'" not in text  # it exists
+    assert "Converted" not in text and not out.exists()
+    code, text = _run("export", trained_run, "--out", out, "--float32", "--float-layers", "conv1_conv")
+    _one_line_error(code, text, "--float-layers", "--int8")
+    assert not out.exists()

@@ -36,13 +36,13 @@ from edgeres.config import run_resize, versions, write_bytes_atomic, write_json_
 from edgeres.export.bundle_write import (BUNDLE_ENTRIES, _replace_dir, _write_models,  # noqa: E402,F401
                                          check_replaceable, clean_stale_partials)
 from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter, _input_quantization,  # noqa: E402,F401
-                                    _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, check_float_layers, convert,
+                                    _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, convert,
                                     convert_int8, float_tensors, representative_dataset)
 from edgeres.export.quantize import activation_tensors, debug_model, quantize, softmax_inputs  # noqa: E402,F401
 from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE,  # noqa: E402,F401
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
-from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
+from edgeres.export.report import check_float_layers, layer_error_report, logits_clipped  # noqa: E402,F401
 from edgeres.export.verify import client_check_python, client_checks, verify  # noqa: E402
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 

@@ -91,23 +91,6 @@ class Int8Ranges:
         return {n: (float(a), float(b)) for n, a, b in zip(self.names, self.lo, self.hi)}
 
 
-def check_float_layers(model, float_layers, run_dir) -> None:
-    """Refuse ``--float-layers`` names that are not layers of ``model`` (before any conversion,
-    so a typo is neither converted for minutes nor recorded as kept in float)."""
-    import difflib
-
-    from edgeres.export.report import _all_layers
-
-    names = [layer.name for layer in _all_layers(model) if not hasattr(layer, "layers")]
-    unknown = [n for n in float_layers if n not in names]
-    if not unknown:
-        return
-    convs = [n for n in names if n.endswith("_conv") or n == "logits"]
-    hints = sorted({m for n in unknown for m in difflib.get_close_matches(n, convs, n=2)}) or convs[:2] + convs[-2:]
-    raise ExportError(f"--float-layers: no layer named {', '.join(repr(n) for n in unknown)} in {run_dir}/model.keras. "
-                      f"Use Keras layer names, as in a bundle's layer_errors.csv (e.g. {', '.join(hints)}).")
-
-
 def convert_int8(model, calibration_set, size: int, *, float_layers=(), ranges: Ranges | str = DEFAULT_RANGES,
                  progress: bool = False, float_model: bytes | None = None) -> tuple[bytes, Int8Ranges]:
     """Full-integer int8 ``.tflite`` (uint8 in and out), and the ranges it was built with.

@@ -86,12 +86,13 @@ def resolve_data_dir(data: str | Path | None, *, log=None) -> Path:
     copy already on this machine (Keras's download cache, ``./data/``, or a ``shared/data/`` folder
     beside the checkout); else the download through Keras's cache. ``log`` hears which was used."""
     say = log or (lambda message: None)
+    named = "--data"
     if data is None and os.environ.get(DATA_ENV):
-        data = os.environ[DATA_ENV]
+        data, named = os.environ[DATA_ENV], f"${DATA_ENV}"
         say(f"Data: ${DATA_ENV} = {data}")
     if data is not None:
         root = Path(data).expanduser()
-        check_data_dir(root)
+        check_data_dir(root, named)
         return root
     local = local_cats_and_dogs()
     if local is not None:
@@ -134,16 +135,18 @@ def resolve_run_data(run: dict, run_dir: Path, data: str | Path | None, *, log=N
     return resolve_data_dir(None, log=say)
 
 
-def check_data_dir(root: Path) -> None:
-    """A dataset root must be a readable folder; say which of those it is not."""
+def check_data_dir(root: Path, named: str = "--data") -> None:
+    """A dataset root must be a readable folder; say which of those it is not (``named``: where
+    the path came from, ``--data`` or ``$EDGERES_DATA``)."""
     if root.is_dir():
         if not os.access(root, os.R_OK | os.X_OK):
             raise DataError(f"Dataset folder {root}: permission denied. Make it readable (chmod) or copy it.")
         return
     if root.exists():
-        raise DataError(f"--data {root} is a file, not a folder. Pass the folder that holds one folder per class "
+        raise DataError(f"{named} {root} is a file, not a folder. Pass the folder that holds one folder per class "
                         f"(or train/ and validation/).")
-    raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+    raise DataError(f"Dataset folder not found: {root} ({named}). Pass an existing folder with --data DIR"
+                    + (f", or fix or unset ${DATA_ENV}." if named != "--data" else "."))
 
 
 def download_cats_and_dogs() -> Path:

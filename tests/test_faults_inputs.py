@@ -302,3 +302,120 @@ def test_unknown_float_layers_are_refused_before_converting(trained_run, tmp_pat
     code, text = _run("export", trained_run, "--out", out, "--float32", "--float-layers", "conv1_conv")
     _one_line_error(code, text, "--float-layers", "--int8")
     assert not out.exists()
+
+
+# -- 9/10. fuzz: bad files and options through every reading command --------------------------------
+#
+# Each case: a file of a bundle (or a run, or a manifest) made bad one way, or an option given a bad
+# value, run through the CLI: a non-zero exit, no traceback, one error line naming the bad thing.
+# No training or converting happens inside the loop: every case fails before that work starts.
+
+_VALID = object()  # the bundle's own edgeres.json, changed by a function
+_BUNDLE_FILES = [
+    ("edgeres.json", b"", "is empty"),
+    ("edgeres.json", b'{"models": {"int8": {"fi', "not valid JSON"),
+    ("edgeres.json", b"[]", "JSON array"),
+    ("edgeres.json", b"\xff\xfe\x00\x01", "not text"),
+    ("edgeres.json", lambda m: {**m, "models": ["int8"]}, '"models"'),
+    ("edgeres.json", lambda m: {**m, "models": {"int8": "model_int8.tflite"}}, '"models"'),
+    ("edgeres.json", lambda m: {**m, "models": {"int8": {"file": 7}}}, '"models"'),
+    ("edgeres.json", lambda m: {**m, "models": {"int8": {"file": "../elsewhere/model.tflite"}}}, '"models"'),
+    ("edgeres.json", lambda m: {**m, "labels": "cats dogs"}, '"labels"'),
+    ("edgeres.json", lambda m: {**m, "input": [64, 64]}, '"input"'),
+    ("edgeres.json", lambda m: {**m, "status": ["failed"]}, '"status"'),
+    ("model_int8.tflite", b"", "not a .tflite model"),
+    ("model_int8.tflite", b"\x00" * 64, "not a .tflite model"),
+    ("model_int8.tflite", "half", ""),  # cut: named with the reason LiteRT gives
+]
+_COMMANDS = {
+    "predict": lambda b, photo, data: ["predict", b, photo],
+    "evaluate": lambda b, photo, data: ["evaluate", b, "--data", data, "--limit", "4"],
+    "bench": lambda b, photo, data: ["bench", b, "--runs", "2", "--warmup", "0"],
+    "camera": lambda b, photo, data: ["camera", b, "--source", photo, "--no-display"],
+}
+
+
+def _cases():
+    commands = list(_COMMANDS)
+    for i, (name, content, said) in enumerate(_BUNDLE_FILES):
+        command = commands[i % len(commands)]  # every command sees several kinds of bad file
+        kind = content if isinstance(content, str) else "fn" if callable(content) else repr(content[:12])
+        yield pytest.param(command, name, content, said, id=f"{command}-{name}-{i}-{kind}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, name, content, said", list(_cases()))
+def test_fuzz_bad_bundle_files(tiny_bundle, quant_dataset, tmp_path, command, name, content, said):
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    target = bundle / name
+    if callable(content):
+        target.write_text(json.dumps(content(json.loads(target.read_text()))))
+    elif content == "half":
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    else:
+        target.write_bytes(content)
+    photo = next((quant_dataset / "validation" / "cats").glob("*.jpg"))
+    code, out = _run(*_COMMANDS[command](bundle, photo, quant_dataset))
+    _one_line_error(code, out, target, said)
+
+
+_MANIFEST_HEAD = "# edgeres calibration manifest v1\n# root: {root}\n# seed: 0\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, said", [
+    ("not a manifest line\n", "line 4"),
+    ("0123abcd  train/cats/x.jpg\n", "line 4"),  # a hash cut short
+    ("{h}  /etc/passwd\n", "line 4"),
+    ("{h}  ../outside.jpg\n", "line 4"),
+    ("{h}  train/cats/cat.1.jpg\naaaaaaaa", "line 5"),  # cut mid-line
+    ("# seed: many\n{h}  train/cats/cat.1.jpg\n", "seed"),
+])
+def test_fuzz_bad_calibration_manifests(trained_run, quant_dataset, tmp_path, body, said):
+    manifest = tmp_path / "calibration.txt"
+    manifest.write_text(_MANIFEST_HEAD.format(root=quant_dataset) + body.format(h="a" * 64))
+    code, out = _run("export", trained_run, "--out", tmp_path / "b", "--calibration", manifest,
+                     "--no-client-check", "--no-layer-report")
+    _one_line_error(code, out, manifest, said)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, said", [
+    (["evaluate", "{bundle}", "--data", "{data}", "--split", "holdout"], "--split"),
+    (["evaluate", "{bundle}", "--data", "{photo}"], "is a file, not a folder"),
+    (["evaluate", "{bundle}", "--data", "{missing}"], "not found"),
+    (["evaluate", "{photo}", "--data", "{data}"], "not a .tflite model"),
+    (["predict", "{missing}", "{photo}"], "no such file"),
+    (["bench", "{data}"], "not an edgeres bundle"),
+    (["camera", "{bundle}", "--source", "{missing}", "--no-display"], "no such file"),
+    (["camera", "{bundle}", "--source", "{photo}", "--no-display", "--compare", "{photo}"], "not a .tflite model"),
+    (["doctor", "--model", "{photo}", "--cameras", "0"], "not a .tflite model"),
+    (["calibrate", "--data", "{photo}", "--out", "{missing}"], "is a file, not a folder"),
+    (["export", "{data}"], "not a finished edgeres run"),
+])
+def test_fuzz_bad_paths_given_as_options(args, said, tiny_bundle, quant_dataset, tmp_path):
+    photo = next((quant_dataset / "validation" / "cats").glob("*.jpg"))
+    values = {"bundle": tiny_bundle, "data": quant_dataset, "photo": photo, "missing": tmp_path / "nope"}
+    code, out = _run(*[a.format(**values) for a in args])
+    _one_line_error(code, out, said)
+
+
+def test_data_env_that_is_wrong_is_named(tmp_path, monkeypatch):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"x")
+    code, out = _run("calibrate", "--out", tmp_path / "c.txt", env={"EDGERES_DATA": str(photo)})
+    _one_line_error(code, out, "$EDGERES_DATA", photo)
+    code, out = _run("calibrate", "--out", tmp_path / "c.txt", env={"EDGERES_DATA": str(tmp_path / "gone")})
+    _one_line_error(code, out, "$EDGERES_DATA", "unset")
+
+
+def test_cut_probes_are_named(tiny_bundle, tmp_path):
+    from edgeres.bundle import ModelError, load_probes
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    data = (bundle / "probes.npz").read_bytes()
+    (bundle / "probes.npz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError, match="probes.npz"):
+        load_probes(bundle, (64, 64))

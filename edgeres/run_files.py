@@ -12,7 +12,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from edgeres import data as data_lib
-from edgeres.config import TrainConfig, from_dict, versions, write_bytes_atomic, write_json_atomic
+from edgeres.config import Arch, TrainConfig, from_dict, versions, write_bytes_atomic, write_json_atomic
 from edgeres.files import BadFileError, is_temp_name, read_json
 
 
@@ -50,6 +50,8 @@ def read_run_config(run_dir: Path, *, fix: str | None = None) -> dict:
         value = getattr(config, f.name)
         if not _is(value, str(f.type)):
             raise BadFileError(f"{path}: \"train\".{f.name} is {value!r:.40}, not {f.type}. {fix}")
+    if config.arch not in {a.value for a in Arch}:
+        raise BadFileError(f"{path}: \"train\".arch {config.arch!r:.40} is none of {', '.join(a.value for a in Arch)}. {fix}")
     if config.image_size < 32 or config.batch_size < 1 or config.epochs < 0:
         raise BadFileError(f"{path}: \"train\" has image_size {config.image_size}, batch_size {config.batch_size}, "
                            f"epochs {config.epochs}; these cannot be. {fix}")

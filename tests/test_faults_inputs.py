@@ -152,6 +152,7 @@ def test_resume_refuses_other_data_and_accepts_the_same_folder(run_copy, quant_d
     ("config.json", "{\"train\": {\"arch\": \"resnet-tiny\"}, \"labels\": \"cats\"}", "\"labels\""),
     ("config.json", "{\"train\": {\"image_size\": \"64\"}, \"labels\": [\"cats\", \"dogs\"]}", "image_size"),
     ("config.json", "{\"train\": {\"precision\": \"fp8\"}, \"labels\": [\"cats\", \"dogs\"]}", "fp8"),
+    ("config.json", "{\"train\": {\"arch\": \"resnet9000\"}, \"labels\": [\"cats\", \"dogs\"]}", "resnet9000"),
 ])
 def test_corrupt_run_files_are_one_line_on_resume_and_export(run_copy, tmp_path, name, content, said):
     (run_copy / name).write_text(content)

@@ -239,7 +239,7 @@ def camera(
                       f"reconnect(s); {summary.frames} frame(s) were classified before that.")
         elif summary.frames == 0 and summary.ended is EndReason.END_OF_SOURCE:
             failed = (f"no frame could be classified from {summary.source} ({summary.corrupt} unreadable): "
-                      f"the video is empty or its frames cannot be decoded. Check it plays (ffplay, VLC).")
+                      f"it holds no frame, or none that decodes. Check that it plays (ffplay, VLC) or opens.")
         if failed:
             typer.secho(f"error: {failed}", fg="red", err=True)
             raise typer.Exit(EXIT_FAILED)

@@ -80,7 +80,7 @@ def predict(
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
     data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
-    split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
+    split: Annotated[str, typer.Option(help="Split folder to use when ROOT has splits: ROOT/<split>/<class>/* (train, validation, val, test...). validation falls back to val/ or test/; the title names the one read.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv and confusion PNGs here.")] = None,
     accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default: the reference) | gpu | auto. gpu runs a bundle's float16 model on LiteRT's GPU accelerator after a self-check against the CPU.")] = Accelerator.CPU,

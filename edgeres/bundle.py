@@ -54,8 +54,13 @@ def resolve_model(path: str | Path, variant: str | None = None) -> Path:
         raise ModelError(f"{path}: not an edgeres bundle (no {BUNDLE_JSON}) and holds {len(found)} .tflite files; name one.")
     models = bundle_models(path)
     for name in ((variant,) if variant else BUNDLE_PREFERENCE):
-        if name in models and (path / models[name]["file"]).is_file():
-            return path / models[name]["file"]
+        if name in models:
+            file = path / models[name]["file"]
+            if not file.is_file():  # listed but gone: never a silent switch to another model
+                raise ModelError(f"{file}: {BUNDLE_JSON} lists it as the {name} model, but it is "
+                                 f"{'not a file' if file.exists() else 'missing'}. Re-export the bundle, "
+                                 f"or pass another model file of it.")
+            return file
     raise ModelError(f"{path}: bundle has no {variant or 'model'} .tflite (has: {', '.join(models) or 'none'}).")
 
 

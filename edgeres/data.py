@@ -91,6 +91,8 @@ def resolve_data_dir(data: str | Path | None, *, log=None) -> Path:
         data, named = os.environ[DATA_ENV], f"${DATA_ENV}"
         say(f"Data: ${DATA_ENV} = {data}")
     if data is not None:
+        if not str(data).strip():  # Path("") is the working folder: never scanned by accident
+            raise DataError(f"{named} is empty. Pass the dataset folder: --data DIR.")
         root = Path(data).expanduser()
         check_data_dir(root, named)
         return root
@@ -236,6 +238,8 @@ def split_images(root: Path, split: str = "validation") -> tuple[str, tuple[str,
     train_dir = next((sub[s] for s in TRAIN_SPLITS if s in sub), None)
     # As find_layout: split folders beside train/, or one validation/val/test folder alone.
     has_splits = train_dir is not None or (len(sub) == 1 and next(iter(sub)) in VAL_SPLITS)
+    if not split.strip() or Path(split).name != split:
+        raise DataError(f"--split {split!r}: name one split folder of {root} (train, validation, val, test...).")
     candidates = VAL_SPLITS if split.lower() == "validation" else (split.lower(),)
     folder = next((sub[s] for s in candidates if s in sub), None) if has_splits else None
     if folder is None:

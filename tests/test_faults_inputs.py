@@ -327,6 +327,8 @@ _BUNDLE_FILES = [
     ("model_int8.tflite", b"", "not a .tflite model"),
     ("model_int8.tflite", b"\x00" * 64, "not a .tflite model"),
     ("model_int8.tflite", "half", ""),  # cut: named with the reason LiteRT gives
+    ("model_int8.tflite", "gone", "missing"),  # listed in edgeres.json: never a silent switch to float32
+    ("model_int8.tflite", "folder", "not a file"),
 ]
 _COMMANDS = {
     "predict": lambda b, photo, data: ["predict", b, photo],
@@ -354,6 +356,10 @@ def test_fuzz_bad_bundle_files(tiny_bundle, quant_dataset, tmp_path, command, na
     elif content == "half":
         data = target.read_bytes()
         target.write_bytes(data[: len(data) // 2])
+    elif content in ("gone", "folder"):
+        target.unlink()
+        if content == "folder":
+            target.mkdir()
     else:
         target.write_bytes(content)
     photo = next((quant_dataset / "validation" / "cats").glob("*.jpg"))
@@ -395,10 +401,16 @@ def test_fuzz_bad_calibration_manifests(trained_run, quant_dataset, tmp_path, bo
     (["doctor", "--model", "{photo}", "--cameras", "0"], "not a .tflite model"),
     (["calibrate", "--data", "{photo}", "--out", "{missing}"], "is a file, not a folder"),
     (["export", "{data}"], "not a finished edgeres run"),
+    (["evaluate", "{bundle}", "--data", "{data}", "--split", "../validation"], "--split"),
+    (["evaluate", "{bundle}", "--data", " "], "--data is empty"),
+    (["predict", "{bundle}", "{long}"], "File name too long"),
+    (["evaluate", "{bundle}", "--data", "{long}"], "File name too long"),
+    (["camera", "{bundle}", "--source", "{long}", "--no-display"], "File name too long"),
 ])
 def test_fuzz_bad_paths_given_as_options(args, said, tiny_bundle, quant_dataset, tmp_path):
     photo = next((quant_dataset / "validation" / "cats").glob("*.jpg"))
-    values = {"bundle": tiny_bundle, "data": quant_dataset, "photo": photo, "missing": tmp_path / "nope"}
+    values = {"bundle": tiny_bundle, "data": quant_dataset, "photo": photo, "missing": tmp_path / "nope",
+              "long": tmp_path / ("x" * 300)}
     code, out = _run(*[a.format(**values) for a in args])
     _one_line_error(code, out, said)
 

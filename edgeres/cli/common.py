@@ -4,6 +4,7 @@ their checks, and the helpers that print results."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import sys
 from enum import Enum
@@ -63,7 +64,15 @@ def _friendly_errors():
         if isinstance(e, _user_errors()):
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(EXIT_USAGE)
+        if isinstance(e, OSError) and e.errno in _PATH_ERRNOS:  # a path given that no file can have
+            name = str(e.filename or "")
+            typer.secho(f"error: {name[:80] + '...' if len(name) > 80 else name}: {e.strerror}. "
+                        f"Check the path you passed.", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
         raise
+
+
+_PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
 
 
 _MISSING_EXTRA = {

@@ -36,7 +36,7 @@ def train(
     xla: Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA jit_compile (default: on with a GPU, off on CPU).")] = None,
     strategy: Annotated[StrategyKind, typer.Option(case_sensitive=False, help="auto | default | mirrored | multi-worker. auto: multi-worker when TF_CONFIG is set, mirrored over >1 GPU.")] = StrategyKind.AUTO,
     seed: Annotated[int, typer.Option(min=0, help="Seed for splits, shuffling, augmentation and init.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill), with the run's own settings: options not given are the run's; one that contradicts the run is refused (more --epochs is allowed).")] = False,
 ):
     """Train a ResNet-50 (v1 or v2) classifier on a folder of labelled photos.
 

@@ -27,13 +27,20 @@ class ResumeError(ValueError):
 def recorded_weights(run_dir: Path, config: TrainConfig) -> str:
     """What a resumed run started from (runs from before ``weights_used``: their ``weights``)."""
     path = run_dir / "config.json"
-    saved = read_run_config(run_dir) if path.is_file() else {}
+    saved = read_run_config(run_dir, fields=("weights",)) if path.is_file() else {}
     return saved.get("weights_used", config.weights)
 
 
-def read_run_config(run_dir: Path, *, fix: str | None = None) -> dict:
-    """A run's ``config.json``, checked for the shape every reader relies on: ``train`` (the
-    TrainConfig) and ``labels``. Anything else is one BadFileError naming the file."""
+# What ``export`` reads of a run's settings; ``--resume`` reads them all.
+EXPORT_FIELDS = ("arch", "image_size", "seed", "val_fraction", "resize")
+
+
+def read_run_config(run_dir: Path, *, fix: str | None = None, fields: tuple[str, ...] | None = None) -> dict:
+    """A run's ``config.json``, checked for the shape its readers rely on: ``labels``, and the
+    ``train`` settings named in ``fields`` (default: all of them, as ``--resume`` rebuilds the
+    TrainConfig; ``export`` reads :data:`EXPORT_FIELDS`, and must be present). Anything else is
+    one BadFileError naming the file. Settings not read are not judged: a run written by another
+    edgeres version (say with ``precision: mixed_bfloat16``) still exports."""
     path = Path(run_dir) / "config.json"
     fix = fix or "Restore it from a copy, or train the run again (another --out)."
     run = read_json(path, fix=fix)
@@ -42,13 +49,17 @@ def read_run_config(run_dir: Path, *, fix: str | None = None) -> dict:
         raise BadFileError(f"{path}: has no \"train\" object (the settings the run was made with). {fix}")
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
         raise BadFileError(f"{path}: \"labels\" must list the class names (at least 2). Received: {labels!r:.80}. {fix}")
+    names = fields or tuple(f.name for f in dataclasses.fields(TrainConfig))
+    missing = [n for n in ("arch", "image_size") if fields and n in names and n not in train]
+    if missing:
+        raise BadFileError(f"{path}: \"train\" has no {' or '.join(missing)}. {fix}")
     try:
-        config = from_dict(TrainConfig, train)
+        config = from_dict(TrainConfig, {k: v for k, v in train.items() if k in names})
     except (TypeError, ValueError) as e:
         raise BadFileError(f"{path}: \"train\" is not an edgeres training config ({e}). {fix}") from None
     for f in dataclasses.fields(TrainConfig):
         value = getattr(config, f.name)
-        if not _is(value, str(f.type)):
+        if f.name in names and not _is(value, str(f.type)):
             raise BadFileError(f"{path}: \"train\".{f.name} is {value!r:.40}, not {f.type}. {fix}")
     if config.arch not in {a.value for a in Arch}:
         raise BadFileError(f"{path}: \"train\".arch {config.arch!r:.40} is none of {', '.join(a.value for a in Arch)}. {fix}")

@@ -150,18 +150,36 @@ def test_resume_refuses_other_data_and_accepts_the_same_folder(run_copy, quant_d
     ("config.json", "{\"train\": ", "not valid JSON"),
     ("config.json", "{\"labels\": [\"cats\", \"dogs\"]}", "no \"train\" object"),
     ("config.json", "{\"train\": {\"arch\": \"resnet-tiny\"}, \"labels\": \"cats\"}", "\"labels\""),
-    ("config.json", "{\"train\": {\"image_size\": \"64\"}, \"labels\": [\"cats\", \"dogs\"]}", "image_size"),
-    ("config.json", "{\"train\": {\"precision\": \"fp8\"}, \"labels\": [\"cats\", \"dogs\"]}", "fp8"),
-    ("config.json", "{\"train\": {\"arch\": \"resnet9000\"}, \"labels\": [\"cats\", \"dogs\"]}", "resnet9000"),
+    ("config.json", "{\"train\": {\"arch\": \"resnet-tiny\", \"image_size\": \"64\"}, \"labels\": [\"cats\", \"dogs\"]}",
+     "image_size"),
+    # export reads only what it needs: a setting it does not read (precision) is judged on --resume only.
+    ("config.json", "{\"train\": {\"precision\": \"fp8\"}, \"labels\": [\"cats\", \"dogs\"]}", "fp8|no arch or image_size"),
+    ("config.json", "{\"train\": {\"arch\": \"resnet9000\", \"image_size\": 64}, \"labels\": [\"cats\", \"dogs\"]}",
+     "resnet9000"),
 ])
 def test_corrupt_run_files_are_one_line_on_resume_and_export(run_copy, tmp_path, name, content, said):
     (run_copy / name).write_text(content)
+    on_resume, on_export = (said.split("|") * 2)[:2]
     code, out = _run("train", "--out", run_copy, "--resume")
-    _one_line_error(code, out, run_copy / name, said)
+    _one_line_error(code, out, run_copy / name, on_resume)
     if name == "config.json":
         code, out = _run("export", run_copy, "--out", tmp_path / "bundle", "--float32")
-        _one_line_error(code, out, run_copy / name, said)
+        _one_line_error(code, out, run_copy / name, on_export)
         assert not (tmp_path / "bundle").exists()
+
+
+def test_export_reads_a_run_made_by_another_version():
+    """The reference run records precision mixed_bfloat16, which this edgeres does not know:
+    export does not read it, so it must not refuse the run; --resume does, and says so."""
+    from edgeres.files import BadFileError
+    from edgeres.run_files import EXPORT_FIELDS, read_run_config
+
+    run = Path(__file__).resolve().parents[2] / "shared" / "models" / "resnet50-160-scratch"
+    if not (run / "config.json").is_file():
+        pytest.skip(f"reference model not found at {run}")
+    assert read_run_config(run, fields=EXPORT_FIELDS)["train"]["image_size"] == 160
+    with pytest.raises(BadFileError, match="mixed_bfloat16"):
+        read_run_config(run)
 
 
 @pytest.mark.slow

@@ -286,6 +286,7 @@ def _load_run(run_dir: Path) -> dict:
     if not (run_dir / "model.keras").is_file() or not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished edgeres run (needs model.keras and config.json). "
                                 f"Train one with: edgeres train --out {run_dir}")
-    from edgeres.run_files import read_run_config
+    from edgeres.run_files import EXPORT_FIELDS, read_run_config
 
-    return read_run_config(run_dir, fix=f"Restore it from a copy; without it {run_dir} cannot be exported.")
+    return read_run_config(run_dir, fix=f"Restore it from a copy; without it {run_dir} cannot be exported.",
+                           fields=EXPORT_FIELDS)

@@ -20,7 +20,11 @@ class RunExistsError(FileExistsError):
     pass
 
 
-class ResumeError(ValueError):
+class OptionError(ValueError):
+    """Training options that cannot make a run; the message names them and the fix."""
+
+
+class ResumeError(OptionError):
     """``--resume`` with options that contradict the run; the message says what the run was made with."""
 
 

@@ -52,6 +52,7 @@ from edgeres.model import (  # noqa: E402
 )
 from edgeres.run_files import (  # noqa: E402
     Claim,
+    OptionError,
     RunExistsError,
     check_out_is_free,
     load_for_resume,
@@ -116,6 +117,9 @@ def train(config: TrainConfig, *, resume: bool = False, given=(), callbacks=(), 
     if state["epoch"] == 0:  # decided before the data scan: bad weights fail in seconds, not minutes
         config, weights = _choose_weights(config, verbose)
         weights_used = weights.used
+        if config.epochs + (config.fine_tune_epochs if config.freeze_backbone else 0) == 0:
+            raise OptionError("--epochs 0 (and no --fine-tune-epochs) trains nothing, so there would be no "
+                              "model to export. Give --epochs 1 or more.")
     else:
         weights, weights_used = None, recorded_weights(run_dir, config)
 

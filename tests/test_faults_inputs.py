@@ -450,3 +450,10 @@ def test_cut_probes_are_named(tiny_bundle, tmp_path):
     (bundle / "probes.npz").write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelError, match="probes.npz"):
         load_probes(bundle, (64, 64))
+
+
+def test_train_that_would_train_nothing_is_refused(small_dataset, tmp_path):
+    code, out = _run("train", "--data", small_dataset, "--out", tmp_path / "run", "--arch", "resnet-tiny",
+                     "--weights", "none", "--image-size", "64", "--epochs", "0")
+    _one_line_error(code, out, "--epochs 0", "--epochs 1")
+    assert not (tmp_path / "run").exists()

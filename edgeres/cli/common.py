@@ -38,7 +38,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError, BadFileError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
-                         ("edgeres.run_files", "ResumeError"), ("edgeres.distribute", "ClusterError"),
+                         ("edgeres.run_files", "OptionError"), ("edgeres.distribute", "ClusterError"),
                          ("edgeres.clients", "ClientError"),
                          ("edgeres.camera", "CameraError")):
         mod = sys.modules.get(module)  # only modules already imported can have raised

@@ -89,8 +89,8 @@ def _is(value, annotation: str) -> bool:
 def read_state(run_dir: Path) -> dict:
     """A run's ``state.json`` (epochs done, best score, history), checked."""
     path = Path(run_dir) / "state.json"
-    fix = (f"Delete it to restart the run from scratch in place, or restore it from a copy "
-           f"(history.json holds the epochs done).")
+    fix = ("Delete it to restart the run from scratch in place, or restore it from a copy "
+           "(history.json holds the epochs done).")
     state = read_json(path, fix=fix)
     epoch, best, history = state.get("epoch"), state.get("best_val_accuracy"), state.get("history")
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
@@ -167,7 +167,8 @@ def load_for_resume(run_dir: Path, overrides: TrainConfig, worker: int = 0,
         raise FileNotFoundError(f"Nothing to resume in {run_dir}: no config.json. Start it without --resume.")
     run = read_run_config(run_dir, fix="Start a new run with another --out (or restore the file).")
     saved = from_dict(TrainConfig, run["train"])
-    saved = _check_resume_options(run_dir, run, saved, overrides, (set(given) & {f.name for f in dataclasses.fields(TrainConfig)}) - RESUME_FREE)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = _check_resume_options(run_dir, run, saved, overrides, (set(given) & fields) - RESUME_FREE)
     # Only the length of the run may change on resume (to more epochs); the rest is the run's own.
     config = saved.replace(epochs=max(saved.epochs, overrides.epochs), out=str(run_dir))
     if not state_path.is_file():  # interrupted before the first epoch ended: start over
@@ -190,6 +191,8 @@ def _check_resume_options(run_dir: Path, run: dict, saved: TrainConfig, asked: T
                 saved = saved.replace(data=mine)  # the same folder, as named from here
                 continue
             theirs = recorded
+        if name == "weights" and mine == run.get("weights_used"):  # auto became this: the same weights
+            continue
         if name == "jit_compile" and theirs is None:  # left to the device: what the run used
             theirs = run.get("jit_compile")
         if name == "precision" and _value(theirs) == "auto" and isinstance(run.get("mixed_precision"), bool):

@@ -120,6 +120,8 @@ def run_copy(trained_run, tmp_path) -> Path:
     (["--batch-size", "8", "--seed", "3"], "--batch-size 8 (the run: 16); --seed 3 (the run: 0)"),
     (["--epochs", "2"], "--epochs 2 (the run has 8"),
     (["--no-xla"], None),  # the run was made with XLA off (CPU): not a contradiction
+    (["--weights", "none"], None),  # what --weights auto chose for resnet-tiny: the same weights
+    (["--weights", "imagenet"], "--weights imagenet (the run: auto)"),
 ])
 def test_resume_refuses_options_that_contradict_the_run(run_copy, args, said):
     state = (run_copy / "state.json").read_text()

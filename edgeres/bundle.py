@@ -11,6 +11,7 @@ its labels, and the probe photos the accelerator self-check runs. Never imports 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,26 +54,54 @@ def resolve_model(path: str | Path, variant: str | None = None) -> Path:
         raise ModelError(f"{path}: not an edgeres bundle (no {BUNDLE_JSON}) and holds {len(found)} .tflite files; name one.")
     models = bundle_models(path)
     for name in ((variant,) if variant else BUNDLE_PREFERENCE):
-        if name in models and (path / models[name]["file"]).is_file():
-            return path / models[name]["file"]
+        if name in models:
+            file = path / models[name]["file"]
+            if not file.is_file():  # listed but gone: never a silent switch to another model
+                raise ModelError(f"{file}: {BUNDLE_JSON} lists it as the {name} model, but it is "
+                                 f"{'not a file' if file.exists() else 'missing'}. Re-export the bundle, "
+                                 f"or pass another model file of it.")
+            return file
     raise ModelError(f"{path}: bundle has no {variant or 'model'} .tflite (has: {', '.join(models) or 'none'}).")
 
 
 def bundle_info(model_path: Path) -> dict:
-    """The ``edgeres.json`` beside a model, or ``{}``."""
-    meta = Path(model_path).parent / BUNDLE_JSON
-    try:
-        return json.loads(meta.read_text()) if meta.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """The ``edgeres.json`` beside a model (checked, see :func:`read_bundle_json`), or ``{}``."""
+    folder = Path(model_path).parent
+    return read_bundle_json(folder) if (folder / BUNDLE_JSON).is_file() else {}
 
 
 def bundle_models(bundle: Path) -> dict:
     """``edgeres.json``'s ``models`` table (variant -> its file and numbers), or ``{}``."""
+    return read_bundle_json(bundle).get("models") or {} if (Path(bundle) / BUNDLE_JSON).is_file() else {}
+
+
+def read_bundle_json(bundle: str | Path) -> dict:
+    """A bundle's ``edgeres.json``, checked for the shape the runtime reads: ``models`` maps each
+    variant to ``{"file": NAME}`` (a file in the bundle), ``labels`` lists names, ``input`` is an
+    object. Cut, corrupt or otherwise: a ModelError naming the file."""
+    from edgeres.files import BadFileError, read_json
+
+    path = Path(bundle) / BUNDLE_JSON
+    fix = f"Re-export the bundle (edgeres export RUN --out {Path(bundle)} --force), or pass one .tflite file."
     try:
-        return json.loads((bundle / BUNDLE_JSON).read_text()).get("models", {}) or {}
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
+        meta = read_json(path, fix=fix)
+    except BadFileError as e:
+        raise ModelError(str(e)) from None
+    models = meta.get("models", {})
+    if not isinstance(models, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("file"), str) and v["file"] and Path(v["file"]).name == v["file"]
+            and v["file"] not in (".", "..") for v in models.values()):
+        raise ModelError(f"{path}: \"models\" must map each variant to {{\"file\": NAME}}, a file in the bundle. "
+                         f"Received: {json.dumps(models)[:80]}. {fix}")
+    labels = meta.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{path}: \"labels\" must be a list of class names. Received: {json.dumps(labels)[:60]}. {fix}")
+    for key in ("input", "verification", "run"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ModelError(f"{path}: \"{key}\" must be an object. Received: {json.dumps(meta[key])[:60]}. {fix}")
+    if not isinstance(meta.get("status", ""), str):
+        raise ModelError(f"{path}: \"status\" must be \"passed\" or \"failed\". {fix}")
+    return meta
 
 
 def gpu_variant(model: str | Path) -> str | None:
@@ -120,7 +149,11 @@ def model_labels(path: Path, data: bytes, classes: int, log) -> tuple[str, ...]:
         found.append((f"{BUNDLE_JSON} ({len(labels)} labels)", labels))
     labels_txt = path.parent / "labels.txt"
     if labels_txt.is_file():
-        labels = labels_txt.read_text().split()
+        try:
+            labels = [line.strip() for line in labels_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"{labels_txt}: cannot be read as text ({getattr(e, 'strerror', None) or e.__class__.__name__}); "
+                             f"it should list one class name per line. Re-export the bundle.") from None
         found.append((f"labels.txt ({len(labels)} labels)", labels))
     for _, labels in found:
         if len(labels) == classes:
@@ -158,7 +191,7 @@ def load_probes(bundle_dir: str | Path, size: tuple[int, int]) -> np.ndarray | N
     try:
         with np.load(path, allow_pickle=False) as f:
             pixels = f["pixels"]
-    except (OSError, KeyError, ValueError, EOFError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ModelError(f"{path}: unreadable self-check probes ({first_line(e)}). Re-export the bundle.") from e
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (*size, 3):
         raise ModelError(f"{path}: probes are {pixels.dtype} {list(pixels.shape)}, the model takes "

@@ -133,11 +133,19 @@ def load(path: str | Path, root: str | Path | None = None) -> CalibrationSet:
         raise CalibrationError(f"{path} is not an edgeres calibration manifest (first line should be '{HEADER}').")
     meta = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
     root = Path(root) if root is not None else Path(meta.get("root", "."))
+    remake = f"Make a new one with: edgeres calibrate --data {root} --out {path}"
     entries = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         if line.strip() and not line.startswith("#"):
-            digest, rel = line.split("  ", 1)
+            digest, _, rel = line.partition("  ")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not rel.strip() \
+                    or Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise CalibrationError(f"{path}, line {number}: not '<sha256>  <path under the data root>' "
+                                       f"(received {line[:60]!r}); the manifest may be cut or edited. {remake}")
             entries.append((rel, digest))
+    for key in ("seed", "requested"):
+        if key in meta and not meta[key].strip().lstrip("-").isdigit():
+            raise CalibrationError(f"{path}: '# {key}: {meta[key][:20]}' is not a whole number. {remake}")
     if not entries:
         raise CalibrationError(f"{path} lists no images. Make a new one with: edgeres calibrate --out {path}")
     missing = [rel for rel, _ in entries if not (root / rel).is_file()]

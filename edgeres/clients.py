@@ -79,6 +79,33 @@ def find_mediapipe_python() -> str | None:
     return sys.executable if importlib.util.find_spec("mediapipe") else None
 
 
+def require_mediapipe_python() -> str:
+    """The MediaPipe interpreter (:func:`find_mediapipe_python`), checked before any work: one
+    that is missing, cannot be executed, or has no ``mediapipe`` is a ClientError saying so."""
+    python = find_mediapipe_python()
+    if python is None:
+        raise ClientError(f"--client mediapipe: no MediaPipe interpreter found. To install one: {MEDIAPIPE_HOWTO}.")
+    named = f"{MEDIAPIPE_ENV}={python}" if os.environ.get(MEDIAPIPE_ENV) == python else python
+    path = Path(python)
+    if not path.exists():
+        raise ClientError(f"{named}: no such file. Point it at a Python that has mediapipe ({MEDIAPIPE_HOWTO}).")
+    if path.is_dir() or not os.access(path, os.X_OK):
+        raise ClientError(f"{named}: {'a folder' if path.is_dir() else 'not executable'}, not a Python interpreter. "
+                          f"Point it at one that has mediapipe, e.g. .venv-mediapipe/bin/python.")
+    try:
+        proc = subprocess.run([python, "-c", "import mediapipe"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ClientError(f"{named}: cannot be run as a Python interpreter ({getattr(e, 'strerror', None) or e}). "
+                          f"Point it at one that has mediapipe, e.g. .venv-mediapipe/bin/python.") from None
+    if proc.returncode != 0:
+        if "No module named 'mediapipe'" in proc.stderr:
+            raise ClientError(f"{named} has no mediapipe. {MEDIAPIPE_HOWTO}.")
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}, no output"])[-1]
+        raise ClientError(f"{named}: `import mediapipe` failed ({last[:160]}). Point it at a Python that has "
+                          f"mediapipe ({MEDIAPIPE_HOWTO}).")
+    return python
+
+
 def mediapipe_scores(model: str | Path, images: list[str | Path], *, pixels: np.ndarray | None = None,
                      python: str | None = None, timeout: float | None = None,
                      default_options: bool = False, classes: int | None = None) -> list[np.ndarray | str]:
@@ -103,11 +130,17 @@ def mediapipe_scores(model: str | Path, images: list[str | Path], *, pixels: np.
                                   timeout=timeout, env={**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"})
         except FileNotFoundError as e:
             raise ClientError(f"{MEDIAPIPE_ENV}={python}: no such interpreter. {MEDIAPIPE_HOWTO}.") from e
+        except OSError as e:  # not executable, a folder, not a program
+            raise ClientError(f"{python}: cannot be run as a Python interpreter ({e.strerror or e}). "
+                              f"{MEDIAPIPE_HOWTO}.") from e
     results: list[np.ndarray | str] = ["no answer"] * len(images)
     for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            results[rec["i"]] = rec["error"] if "error" in rec else np.asarray(rec["scores"], dtype=np.float64)
+        try:
+            rec = json.loads(line) if line.startswith("{") else None
+            if rec is not None:
+                results[rec["i"]] = rec["error"] if "error" in rec else np.asarray(rec["scores"], dtype=np.float64)
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not the worker's line (something else printing on stdout)
     if proc.returncode != 0 and all(isinstance(r, str) for r in results):
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         if "No module named 'mediapipe'" in proc.stderr:

@@ -86,12 +86,15 @@ def resolve_data_dir(data: str | Path | None, *, log=None) -> Path:
     copy already on this machine (Keras's download cache, ``./data/``, or a ``shared/data/`` folder
     beside the checkout); else the download through Keras's cache. ``log`` hears which was used."""
     say = log or (lambda message: None)
+    named = "--data"
     if data is None and os.environ.get(DATA_ENV):
-        data = os.environ[DATA_ENV]
+        data, named = os.environ[DATA_ENV], f"${DATA_ENV}"
         say(f"Data: ${DATA_ENV} = {data}")
     if data is not None:
+        if not str(data).strip():  # Path("") is the working folder: never scanned by accident
+            raise DataError(f"{named} is empty. Pass the dataset folder: --data DIR.")
         root = Path(data).expanduser()
-        check_data_dir(root)
+        check_data_dir(root, named)
         return root
     local = local_cats_and_dogs()
     if local is not None:
@@ -134,16 +137,18 @@ def resolve_run_data(run: dict, run_dir: Path, data: str | Path | None, *, log=N
     return resolve_data_dir(None, log=say)
 
 
-def check_data_dir(root: Path) -> None:
-    """A dataset root must be a readable folder; say which of those it is not."""
+def check_data_dir(root: Path, named: str = "--data") -> None:
+    """A dataset root must be a readable folder; say which of those it is not (``named``: where
+    the path came from, ``--data`` or ``$EDGERES_DATA``)."""
     if root.is_dir():
         if not os.access(root, os.R_OK | os.X_OK):
             raise DataError(f"Dataset folder {root}: permission denied. Make it readable (chmod) or copy it.")
         return
     if root.exists():
-        raise DataError(f"--data {root} is a file, not a folder. Pass the folder that holds one folder per class "
+        raise DataError(f"{named} {root} is a file, not a folder. Pass the folder that holds one folder per class "
                         f"(or train/ and validation/).")
-    raise DataError(f"Dataset folder not found: {root}. Pass an existing folder with --data DIR.")
+    raise DataError(f"Dataset folder not found: {root} ({named}). Pass an existing folder with --data DIR"
+                    + (f", or fix or unset ${DATA_ENV}." if named != "--data" else "."))
 
 
 def download_cats_and_dogs() -> Path:
@@ -221,6 +226,36 @@ def find_layout(root: Path) -> tuple[tuple[str, ...], dict[str, dict[str, list[P
     return classes, {"all": {c: _images(root / c) for c in classes}}
 
 
+def split_images(root: Path, split: str = "validation") -> tuple[str, tuple[str, ...], dict[str, list[Path]]]:
+    """``(split used, classes, {class: [files]})`` of one split, for evaluation.
+
+    ``ROOT/<split>/`` when it exists (any of train, validation, val, test; the classes are
+    train's when there is one, so labels line up with training); ``validation`` falls back to
+    ``val/`` or ``test/``; a flat ``ROOT/<class>/`` layout is used whole, as ``"all"``.
+    """
+    root = Path(root)
+    sub = {d.name.lower(): d for d in _class_dirs(root)}
+    train_dir = next((sub[s] for s in TRAIN_SPLITS if s in sub), None)
+    # As find_layout: split folders beside train/, or one validation/val/test folder alone.
+    has_splits = train_dir is not None or (len(sub) == 1 and next(iter(sub)) in VAL_SPLITS)
+    if not split.strip() or Path(split).name != split:
+        raise DataError(f"--split {split!r}: name one split folder of {root} (train, validation, val, test...).")
+    candidates = VAL_SPLITS if split.lower() == "validation" else (split.lower(),)
+    folder = next((sub[s] for s in candidates if s in sub), None) if has_splits else None
+    if folder is None:
+        if has_splits:
+            present = ", ".join(f"{sub[s].name}/" for s in TRAIN_SPLITS + VAL_SPLITS if s in sub)
+            raise DataError(f"{root} has no {split}/ folder (it has {present}). "
+                            f"Pass --split with one of those, or add {root}/{split}/<class>/.")
+        classes = tuple(d.name for d in _class_dirs(root))
+        return "all", classes, {c: _images(root / c) for c in classes}
+    classes = tuple(d.name for d in _class_dirs(train_dir if train_dir is not None else folder))
+    extra = sorted({d.name for d in _class_dirs(folder)} - set(classes))
+    if extra:
+        raise DataError(f"{folder} has class folders not in {train_dir}: {', '.join(extra)}.")
+    return folder.name, classes, {c: _images(folder / c) if (folder / c).is_dir() else [] for c in classes}
+
+
 def _check(path: Path) -> tuple[str, str | None]:
     """Content SHA-256 and, for a file that will not decode, the reason."""
     link = _broken_link(path)
@@ -267,6 +302,7 @@ def scan(
             f"{root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
             f"a classifier needs at least 2: ROOT/train/<class>/*.jpg or ROOT/<class>/*.jpg."
         )
+    _check_class_names(root, classes)
     if max_per_class is not None:
         rng = random.Random(seed)
         splits = {
@@ -312,6 +348,18 @@ def scan(
                 )
     sha = {p.relative_to(root).as_posix(): h for p, h in hashes.items() if p not in bad}
     return Dataset(root, classes, train, val, layout, sha)
+
+
+def _check_class_names(root: Path, classes: tuple[str, ...]) -> None:
+    """Class folders whose names differ only in case (``Cats/``, ``cats/``) are refused before any
+    work: a model trained on both could never be exported or evaluated, whose clients (and
+    case-insensitive file systems) match labels without case."""
+    seen: dict[str, str] = {}
+    for c in classes:
+        other = seen.setdefault(c.strip().casefold(), c)
+        if other != c:
+            raise DataError(f"Class folders '{other}' and '{c}' under {root} differ only in case; edgeres matches "
+                            f"labels without case, so they would be one class. Rename one (or merge them).")
 
 
 def _run_checks(files: list[Path], *, progress: bool) -> dict[Path, tuple[str, str | None]]:

@@ -19,6 +19,7 @@ def strategy_for(kind: StrategyKind):
         kind = (StrategyKind.MULTI_WORKER if os.environ.get("TF_CONFIG")
                 else StrategyKind.MIRRORED if len(gpus) > 1 else StrategyKind.DEFAULT)
     if kind is StrategyKind.MULTI_WORKER:
+        check_tf_config(os.environ.get("TF_CONFIG"))
         return MultiWorkerStrategy(), device + " per worker (TF_CONFIG)"
     if kind is StrategyKind.MIRRORED:
         if gpus:
@@ -26,6 +27,43 @@ def strategy_for(kind: StrategyKind):
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus), f"{len(cpus)} logical CPU device(s)"
     return tf.distribute.get_strategy(), device
+
+
+class ClusterError(ValueError):
+    """A TF_CONFIG that cannot describe this worker; the message says what is wrong and the fix."""
+
+
+_TF_CONFIG_FIX = ('Set it as JSON: {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                  '"task": {"type": "worker", "index": 0}}, or unset it to train on this machine alone.')
+
+
+def check_tf_config(text: str | None) -> dict:
+    """The parsed ``TF_CONFIG``, checked before TensorFlow reads it (its own errors are
+    tracebacks, or a worker that waits forever for a peer that cannot exist)."""
+    import json
+
+    if not text:
+        raise ClusterError(f"--strategy multi-worker needs TF_CONFIG, which is not set. {_TF_CONFIG_FIX}")
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClusterError(f"TF_CONFIG is not valid JSON ({e.msg}, column {e.colno}). {_TF_CONFIG_FIX}") from None
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) and ":" in a for a in v) for v in cluster.values()):
+        raise ClusterError(f'TF_CONFIG has no usable "cluster" (each task type must list "host:port" '
+                           f"addresses). Received: {str(tf_config.get('cluster') if isinstance(tf_config, dict) else tf_config)[:80]}. {_TF_CONFIG_FIX}")
+    if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+        raise ClusterError(f'TF_CONFIG has no "task" with a "type" (which of the cluster\'s workers this one is). '
+                           f"{_TF_CONFIG_FIX}")
+    kind, index = task["type"], task.get("index", 0)
+    if kind not in cluster:
+        raise ClusterError(f'TF_CONFIG: task type "{kind}" is not in the cluster ({", ".join(cluster)}). {_TF_CONFIG_FIX}')
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
+        raise ClusterError(f'TF_CONFIG: task index {index!r} is not one of the cluster\'s {len(cluster[kind])} '
+                           f'"{kind}" address(es) (0..{len(cluster[kind]) - 1}). {_TF_CONFIG_FIX}')
+    return tf_config
 
 
 class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):

@@ -5,6 +5,7 @@ how far they agree. Every model sees byte-identical input pixels. No TensorFlow.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeres import uncertain
-from edgeres.data import check_data_dir, DataError, find_layout
+from edgeres.data import DataError, check_data_dir, split_images
 from edgeres.preprocess import ImageError, decode, to_pixels
 from edgeres.outputs import Kind, check_output, clean_stale_partials, written_dir
 from edgeres.runtime import Classifier
@@ -53,6 +54,7 @@ class Evaluation:
     paths: tuple[str, ...] = field(default=(), repr=False)
     truth: tuple[int, ...] = field(default=(), repr=False)
     uncertain_below: dict[str, float | None] = field(default_factory=dict)  # each model's band (metadata)
+    split: str = ""  # the split folder read ("test" when ROOT holds only test/; "all": a flat layout)
 
     def to_dict(self) -> dict:
         models = [{"path": m.path, "backend": m.backend, "n": m.n, "accuracy": m.accuracy,
@@ -61,7 +63,7 @@ class Evaluation:
                   for m in self.models]
         # `agreement` is a number when two models were compared (the common case), else a map.
         agreement = next(iter(self.agreement.values())) if len(self.agreement) == 1 else (self.agreement or None)
-        return {"classes": list(self.classes), "models": models, "agreement": agreement,
+        return {"classes": list(self.classes), "split": self.split, "models": models, "agreement": agreement,
                 "agreement_by_model": self.agreement, "mean_abs_prob_diff": self.mean_abs_prob_diff,
                 "p99_abs_prob_diff": self.p99_abs_prob_diff,
                 "disagreements": self.disagreements, "uncertain": uncertain.summarize(self),
@@ -109,14 +111,21 @@ class Evaluation:
 
 def labelled_images(root: str | Path, split: str = "validation") -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
     """``(classes, [(path, label)])`` of a split layout's ``split``, or of every image of a flat one."""
+    classes, items, _ = labelled_split(root, split)
+    return classes, items
+
+
+def labelled_split(root: str | Path, split: str = "validation") -> tuple[tuple[str, ...], list[tuple[Path, int]], str]:
+    """As :func:`labelled_images`, with the split actually read (``test`` when ROOT holds only
+    ``test/``; ``all`` for a flat layout), for titles and reports."""
     root = Path(root)
     check_data_dir(root)
-    classes, splits = find_layout(root)
-    per_class = splits.get(split) or splits.get("all") or {}
+    used, classes, per_class = split_images(root, split)
     items = [(p, i) for i, c in enumerate(classes) for p in per_class.get(c, [])]
     if not items:
-        raise DataError(f"No images found under {root} (looked for {root}/{split}/<class>/*.jpg and {root}/<class>/*.jpg).")
-    return classes, items
+        where = f"{root}/<class>/*.jpg" if used == "all" else f"{root}/{used}/<class>/*.jpg"
+        raise DataError(f"No images found under {root} (looked for {where}).")
+    return classes, items, used
 
 
 def evaluate(
@@ -130,11 +139,11 @@ def evaluate(
     accelerator: str = "cpu",
 ) -> Evaluation:
     """Evaluate ``models`` on the ``split`` of the dataset at ``data`` (on the CPU unless told)."""
-    classes, items = labelled_images(data, split)
+    classes, items, used = labelled_split(data, split)
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]
     classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator) for m in models]
-    return compare(classifiers, items, classes, progress=progress)
+    return dataclasses.replace(compare(classifiers, items, classes, progress=progress), split=used)
 
 
 def compare(

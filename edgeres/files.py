@@ -54,6 +54,43 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+# -- read back -------------------------------------------------------------------------------
+
+
+class BadFileError(ValueError):
+    """A file edgeres reads that is missing, cut, corrupt or of the wrong shape; the message
+    names the file, what is wrong with it and what to do."""
+
+
+def read_json(path: str | Path, *, fix: str, shape: type = dict):
+    """The JSON value in ``path``, which must be a ``shape`` (an object by default); anything
+    else is a :class:`BadFileError` naming the file and ending with ``fix``."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadFileError(f"{path}: no such file. {fix}") from None
+    except UnicodeDecodeError:
+        raise BadFileError(f"{path}: is not text (UTF-8 JSON); it may be corrupt. {fix}") from None
+    except OSError as e:
+        raise BadFileError(f"{path}: cannot be read ({e.strerror or e}). {fix}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({e.msg}, line {e.lineno})"
+        raise BadFileError(f"{path}: {what}; it may be cut or corrupt. {fix}") from None
+    if not isinstance(value, shape):
+        raise BadFileError(f"{path}: holds a JSON {_json_kind(value)}, not {_json_kind(shape())}. {fix}")
+    return value
+
+
+def _json_kind(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
 # -- images ----------------------------------------------------------------------------------
 
 

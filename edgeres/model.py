@@ -316,5 +316,13 @@ def residual_block_v1(x, filters: int, stride: int, name: str):
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Load a saved edgeres classifier (this module registers its custom layer)."""
-    return keras.models.load_model(path)
+    """Load a saved edgeres classifier (this module registers its custom layer); a file Keras
+    cannot read is a ModelError naming it."""
+    from edgeres.bundle import ModelError
+
+    try:
+        return keras.models.load_model(path)
+    except Exception as e:  # noqa: BLE001 -- Keras raises ValueError, OSError, zipfile errors alike
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: {reason}). "
+                         f"It may be cut or corrupt: train the run again, or restore the file.") from e

@@ -165,10 +165,10 @@ def resize_of(meta: dict | None) -> Resize:
     """
     if not meta:
         return DEFAULT_RESIZE
-    value = (meta.get("input") or {}).get("resize")
+    value = meta.get("input", {}).get("resize") if isinstance(meta.get("input"), dict) else None
     try:
         return Resize(value)
-    except ValueError:
+    except (ValueError, TypeError):
         return LEGACY_RESIZE
 
 

@@ -204,6 +204,10 @@ class Classifier:
             info = json.loads(metadata["extra_json"]) if metadata.get("extra_json") else None
         except (ValueError, TypeError):
             metadata, info = {}, None
+        if not isinstance(info, dict):  # a record of another shape is no record
+            info = None
+        if not isinstance(metadata, dict):
+            metadata = {}
         return resize_of(info or bundle_info(self.path) or None), metadata.get("score_threshold")
 
     def _warn_if_failed_bundle(self) -> None:
@@ -212,7 +216,8 @@ class Classifier:
         failed = (self.path.parent / "FAILED")
         if self.path.name != int8 or not (info.get("status") == "failed" or failed.is_file()):
             return
-        why = failed.read_text().strip().splitlines()[0] if failed.is_file() else "int8 check failed"
+        why = ((failed.read_text(errors="replace").strip().splitlines() or ["int8 check failed"])[0]
+               if failed.is_file() else "int8 check failed")
         self._log(f"edgeres: warning: {self.path.parent} is marked FAILED by export ({why}); "
                   f"its int8 answers are less accurate than float32.")
 

@@ -52,6 +52,7 @@ from edgeres.model import (  # noqa: E402
 )
 from edgeres.run_files import (  # noqa: E402
     Claim,
+    OptionError,
     RunExistsError,
     check_out_is_free,
     load_for_resume,
@@ -74,7 +75,7 @@ class TrainResult:
         return self.run_dir / "model.keras"
 
 
-def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: int = 1) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool = False, given=(), callbacks=(), verbose: int = 1) -> TrainResult:
     """Train (or resume) the run ``config.out``; returns when every epoch is done.
 
     ``config.weights="auto"`` (the default) starts from ImageNet weights when Keras's cache has
@@ -83,7 +84,9 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     fine-tuned for as many); else from scratch, saying why in one line. The run's config.json
     records the choice as ``weights_used``.
 
-    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``. A start
+    A Ctrl-C or kill loses at most the epoch in progress: rerun with ``resume=True``; the run
+    keeps its own settings, and a field named in ``given`` (those the user set) that contradicts
+    them is refused (ResumeError). A start
     that fails before its first epoch is saved (bad weights, bad data, Ctrl-C) removes what it
     wrote, so the same command can simply be run again. ``verbose``: 0 silent, 1 Keras's
     progress bar, 2 one line per epoch (for logs and other non-terminals).
@@ -97,7 +100,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     chief, worker = is_chief(strategy)
     state = {"epoch": 0, "best_val_accuracy": -1.0, "history": []}
     if resume:
-        config, state = load_for_resume(run_dir, config, worker)
+        config, state = load_for_resume(run_dir, config, worker, given)
     elif chief:
         check_out_is_free(run_dir, log=lambda m: _say(verbose, m), data=config.data or os.environ.get("EDGERES_DATA"))
     keras.utils.set_random_seed(config.seed)
@@ -114,6 +117,9 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks=(), verbose: i
     if state["epoch"] == 0:  # decided before the data scan: bad weights fail in seconds, not minutes
         config, weights = _choose_weights(config, verbose)
         weights_used = weights.used
+        if config.epochs + (config.fine_tune_epochs if config.freeze_backbone else 0) == 0:
+            raise OptionError("--epochs 0 (and no --fine-tune-epochs) trains nothing, so there would be no "
+                              "model to export. Give --epochs 1 or more.")
     else:
         weights, weights_used = None, recorded_weights(run_dir, config)
 

@@ -31,12 +31,14 @@ EXIT_USAGE, EXIT_FAILED = 2, 1
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgeres.calibrate import CalibrationError
     from edgeres.data import DataError
+    from edgeres.files import BadFileError
     from edgeres.preprocess import ImageError
     from edgeres.runtime import AcceleratorError, ModelError
 
-    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError,
+    errors = [CalibrationError, DataError, ImageError, ModelError, AcceleratorError, BadFileError,
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
+                         ("edgeres.run_files", "OptionError"), ("edgeres.distribute", "ClusterError"),
                          ("edgeres.clients", "ClientError"),
                          ("edgeres.camera", "CameraError")):
         mod = sys.modules.get(module)  # only modules already imported can have raised
@@ -68,12 +70,18 @@ def _friendly_errors():
         if isinstance(e, OSError) and e.errno in _DISK_ERRORS and e.filename:  # a disk full, or locked, meanwhile
             typer.secho(f"error: {e.filename}: {e.strerror}; {_DISK_ERRORS[e.errno]}.", fg="red", err=True)
             raise typer.Exit(EXIT_FAILED)
+        if isinstance(e, OSError) and e.errno in _PATH_ERRNOS:  # a path given that no file can have
+            name = str(e.filename or "")
+            typer.secho(f"error: {name[:80] + '...' if len(name) > 80 else name}: {e.strerror}. "
+                        f"Check the path you passed.", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE)
         raise
 
 
 _DISK_ERRORS = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
                 errno.EROFS: "choose a folder on a writable disk", errno.ENOSPC: "free some space",
                 errno.EDQUOT: "free some space"}
+_PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
 
 
 _MISSING_EXTRA = {

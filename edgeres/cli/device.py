@@ -84,7 +84,7 @@ def predict(
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
     data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
-    split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
+    split: Annotated[str, typer.Option(help="Split folder to use when ROOT has splits: ROOT/<split>/<class>/* (train, validation, val, test...). validation falls back to val/ or test/; the title names the one read.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, misclassified.csv, disagreements.csv, confusion PNGs and a risk-coverage plot here.")] = None,
     accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default: the reference) | gpu | auto. gpu runs a bundle's float16 model on LiteRT's GPU accelerator after a self-check against the CPU.")] = Accelerator.CPU,
@@ -113,6 +113,11 @@ def evaluate(
                                  "its confusion PNGs would be read as a class of photos")
         from edgeres.data import resolve_data_dir
 
+        if client is Client.MEDIAPIPE:  # asked for: checked before any work, an error when missing
+            from edgeres.clients import require_mediapipe_python
+
+            mediapipe_python = require_mediapipe_python()
+
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
@@ -125,16 +130,8 @@ def evaluate(
             classes, items = labelled_images(data, split)
             if limit:
                 items = items[:: max(1, len(items) // limit)][:limit]
-            from edgeres.clients import find_mediapipe_python
-
-            if find_mediapipe_python() is None:  # the edgeres numbers still stand: say how, go on
-                from edgeres.clients import MEDIAPIPE_HOWTO
-
-                typer.secho(f"warning: --client mediapipe: no MediaPipe interpreter found. {MEDIAPIPE_HOWTO}.",
-                            fg="yellow", err=True)
-            else:
-                checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
-                          for m in models]
+            checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes,
+                                      python=mediapipe_python) for m in models]
         if report:
             ev.write_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
         if json_out:
@@ -142,7 +139,7 @@ def evaluate(
             return
         from rich.table import Table
 
-        table = Table(title=f"{data} ({split})", title_justify="left")
+        table = Table(title=f"{data} ({ev.split if ev.split != 'all' else 'every image'})", title_justify="left")
         names = dict(zip((m.path for m in ev.models), _short_names([m.path for m in ev.models])))
         for col in ("model", "n", "accuracy", "95% CI", *[f"{c} P/R" for c in ev.classes], "ms"):
             # The model column never truncates: float32 and int8 must stay tellable apart.
@@ -252,6 +249,17 @@ def camera(
         typer.echo(summary.format(), err=True)
         if summary.ended is EndReason.INTERRUPTED:
             raise typer.Exit(130)
+        # The exit code tells whether the asked-for work happened: a lost source or no frame is not success.
+        failed = None
+        if summary.ended is EndReason.SOURCE_LOST:
+            failed = (f"source {summary.source} was lost and did not come back after {summary.reconnects} "
+                      f"reconnect(s); {summary.frames} frame(s) were classified before that.")
+        elif summary.frames == 0 and summary.ended is EndReason.END_OF_SOURCE:
+            failed = (f"no frame could be classified from {summary.source} ({summary.corrupt} unreadable): "
+                      f"it holds no frame, or none that decodes. Check that it plays (ffplay, VLC) or opens.")
+        if failed:
+            typer.secho(f"error: {failed}", fg="red", err=True)
+            raise typer.Exit(EXIT_FAILED)
 
 
 # -- doctor --------------------------------------------------------------------------------

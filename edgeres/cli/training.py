@@ -20,6 +20,7 @@ from edgeres.preprocess import Resize
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Option(help="Dataset: ROOT/train/<class>/* + ROOT/validation/<class>/*, or ROOT/<class>/*. Default: $EDGERES_DATA, then the cats_and_dogs_filtered download.")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (never overwritten; see --resume).")] = Path("runs/cats-dogs"),
     epochs: Annotated[Optional[int], typer.Option(min=0, help="Epochs (of the frozen phase when --freeze-backbone). Default 10; with --resume, the run's own unless you give more.")] = None,
@@ -35,7 +36,7 @@ def train(
     xla: Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA jit_compile (default: on with a GPU, off on CPU).")] = None,
     strategy: Annotated[StrategyKind, typer.Option(case_sensitive=False, help="auto | default | mirrored | multi-worker. auto: multi-worker when TF_CONFIG is set, mirrored over >1 GPU.")] = StrategyKind.AUTO,
     seed: Annotated[int, typer.Option(min=0, help="Seed for splits, shuffling, augmentation and init.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue --out from its last complete epoch (after Ctrl-C or a kill), with the run's own settings: options not given are the run's; one that contradicts the run is refused (more --epochs is allowed).")] = False,
 ):
     """Train a ResNet-50 (v1 or v2) classifier on a folder of labelled photos.
 
@@ -58,12 +59,19 @@ def train(
             precision=precision, jit_compile=xla, strategy=strategy,
         )
         # Keras's progress bar in a log file is thousands of \r updates: one line per epoch there.
-        result = train_run(config, resume=resume, verbose=1 if sys.stdout.isatty() else 2)
+        result = train_run(config, resume=resume, given=_given_fields(ctx), verbose=1 if sys.stdout.isatty() else 2)
         start = {"imagenet": "from ImageNet weights", "none": "from scratch"}.get(
             result.weights_used, f"from {result.weights_used}")
         typer.echo(f"Done: {result.epochs_done} epochs {start}, best validation accuracy "
                    f"{result.best_val_accuracy:.2%}. Model: {result.model_path}")
         typer.echo(f"Next: edgeres export {result.run_dir} --int8")
+
+
+def _given_fields(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields set on the command line (``--resume`` refuses those that contradict the run)."""
+    given = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    return {{"xla": "jit_compile"}.get(name, name) for name in given}
 
 
 # -- calibrate / export --------------------------------------------------------------------
@@ -149,7 +157,7 @@ def export_cmd(
             try:
                 report = export(run_dir, out=out, formats=tuple(formats), data=data, calibration=calibration,
                                 calibration_size=calibration_size, max_drop=max_drop, force=force,
-                                float_layers=tuple(x.strip() for x in float_layers.split(",")) if float_layers else (),
+                                float_layers=tuple(x.strip() for x in float_layers.split(",") if x.strip()) if float_layers else (),
                                 ranges=ranges, verify_limit=verify_limit, resize=resize, client_check=client_check, layer_report=layer_report, seed=seed,
                                 uncertain_below=uncertain_below, log=lambda m: typer.echo(m, err=True))
             except QuantizationCheckFailed as e:

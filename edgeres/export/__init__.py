@@ -21,7 +21,6 @@ Importing this package does not import TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -45,9 +44,9 @@ from edgeres.export.quantize import activation_tensors, debug_model, quantize, s
 from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE,  # noqa: E402,F401
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
-from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
+from edgeres.export.report import check_float_layers, layer_error_report, logits_clipped  # noqa: E402,F401
 from edgeres.export.band import check_setting, export_band, summary_line  # noqa: E402
-from edgeres.export.verify import client_checks, verify, verify_scores  # noqa: E402,F401
+from edgeres.export.verify import client_check_python, client_checks, verify, verify_scores  # noqa: E402,F401
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
 
@@ -158,6 +157,7 @@ def export(
     run = _load_run(run_dir)
     out = Path(out) if out is not None else Path("export") / run_dir.name
     check_replaceable(out, run_dir, force=force)
+    client_python = client_check_python(config.client_check, log)  # a broken interpreter fails now, not after converting
     clean_stale_partials(out)
     labels, size = run["labels"], run["train"]["image_size"]
     config = dataclasses.replace(config, uncertain_below=check_setting(config.uncertain_below, len(labels)))
@@ -176,6 +176,10 @@ def export(
 
     t = time.perf_counter()
     model = load_model(run_dir / "model.keras")
+    if float_layers:
+        if Format.INT8 not in formats:
+            raise ExportError("--float-layers keeps layers of the int8 model in float: add --int8, or drop it.")
+        check_float_layers(model, float_layers, run_dir)
     # The run's own dataset unless told otherwise: calibration and verification must match training.
     root = data_lib.resolve_run_data(run, run_dir, config.data, log=log)
     check_not_inside(out, root, "--out", "--data", "a bundle's PNGs there would be read as a class of photos")
@@ -251,7 +255,8 @@ def export(
         meta["uncertain"] = export_band(tmp, files, evaluation, config.uncertain_below, threads=threads,
                                         runtimes=meta.get("runtimes"), log=log)
         timings["uncertain_band"] = time.perf_counter() - t
-        clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
+        clients = client_checks(tmp, files, dataset, limit=config.verify_limit, python=client_python,
+                                enabled=config.client_check, log=log)
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if config.layer_report and chosen is not None:
@@ -295,4 +300,7 @@ def _load_run(run_dir: Path) -> dict:
     if not (run_dir / "model.keras").is_file() or not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished edgeres run (needs model.keras and config.json). "
                                 f"Train one with: edgeres train --out {run_dir}")
-    return json.loads(config.read_text())
+    from edgeres.run_files import EXPORT_FIELDS, read_run_config
+
+    return read_run_config(run_dir, fix=f"Restore it from a copy; without it {run_dir} cannot be exported.",
+                           fields=EXPORT_FIELDS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeres.export.convert import Int8Ranges, _quiet, representative_dataset
+from edgeres.export.convert import ExportError, Int8Ranges, _quiet, representative_dataset
 from edgeres.export.quantize import debug_model
 from edgeres.files import atomic_path
 
@@ -94,6 +94,21 @@ def _in_range_rmse_over_scale(floats, quantized, scale: float, zero_point: int) 
         return 0.0
     error = floats[inside] - (quantized.astype(np.float32)[inside] - zero_point) * scale
     return float(np.sqrt(np.mean(error ** 2)) / scale)
+
+
+def check_float_layers(model, float_layers, run_dir) -> None:
+    """Refuse ``--float-layers`` names that are not layers of ``model`` (before any conversion,
+    so a typo is neither converted for minutes nor recorded as kept in float)."""
+    import difflib
+
+    names = [layer.name for layer in _all_layers(model) if not hasattr(layer, "layers")]
+    unknown = [n for n in float_layers if n not in names]
+    if not unknown:
+        return
+    convs = [n for n in names if n.endswith("_conv") or n == "logits"]
+    hints = sorted({m for n in unknown for m in difflib.get_close_matches(n, convs, n=2)}) or convs[:2] + convs[-2:]
+    raise ExportError(f"--float-layers: no layer named {', '.join(repr(n) for n in unknown)} in {run_dir}/model.keras. "
+                      f"Use Keras layer names, as in a bundle's layer_errors.csv (e.g. {', '.join(hints)}).")
 
 
 def _all_layers(model):

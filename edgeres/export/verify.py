@@ -45,28 +45,47 @@ def verify_scores(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit
         )
     return out, ev
 
+def client_check_python(enabled: bool | None, log) -> str | None:
+    """Before any work: the MediaPipe interpreter the client check will run, checked; None: no
+    check. Asked for (``enabled``) or named by ``$EDGERES_MEDIAPIPE_PYTHON``, a missing or broken
+    one is an error; one found by looking (``enabled=None``) that does not work is skipped, said once."""
+    import os
+
+    from edgeres.clients import MEDIAPIPE_ENV, ClientError, find_mediapipe_python, require_mediapipe_python
+
+    if enabled is False:
+        return None
+    if find_mediapipe_python() is None and not enabled:
+        log(f"Client check skipped: no MediaPipe interpreter (set ${MEDIAPIPE_ENV} to check the "
+            "model in MediaPipe Tasks too).")
+        return None
+    try:
+        return require_mediapipe_python()
+    except ClientError as e:
+        if enabled or os.environ.get(MEDIAPIPE_ENV):
+            raise ExportError(f"{e} (Or pass --no-client-check.)") from None
+        log(f"Client check skipped: {e}")
+        return None
+
+
 def client_checks(bundle: Path, files: dict, dataset: data_lib.Dataset, *, limit: int | None,
-                   enabled: bool | None, log) -> dict:
+                  python: str | None, enabled: bool | None, log) -> dict:
     """The deployed model through MediaPipe ImageClassifier (decoding and resizing itself, as an
-    app does) against edgeres on the same validation files. ``enabled=None``: when MediaPipe is found."""
-    from edgeres.clients import ClientError, check_mediapipe, find_mediapipe_python
+    app does) against edgeres on the same validation files, run by ``python``
+    (:func:`client_check_python`; None: no check)."""
+    from edgeres.clients import ClientError, check_mediapipe
     from edgeres.runtime import Classifier
 
     fmt = "int8" if "int8" in files else next(iter(files))
-    if enabled is False:
-        return {}
-    if find_mediapipe_python() is None:
-        if enabled:
-            raise ExportError("--client-check needs MediaPipe; see `edgeres evaluate --help` (--client).")
-        log("Client check skipped: no MediaPipe interpreter (set $EDGERES_MEDIAPIPE_PYTHON to check the "
-            "model in MediaPipe Tasks too).")
+    if python is None:
         return {}
     items = [(s.path, s.label) for s in dataset.validation.samples]
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]
     log(f"Client check: {fmt} model through MediaPipe ImageClassifier on {len(items)} validation images ...")
     try:
-        check = check_mediapipe(Classifier(bundle / files[fmt]["file"], accelerator="cpu"), items, tuple(dataset.classes))
+        check = check_mediapipe(Classifier(bundle / files[fmt]["file"], accelerator="cpu"), items,
+                                tuple(dataset.classes), python=python)
     except ClientError as e:
         if enabled:
             raise ExportError(str(e)) from e

@@ -97,7 +97,7 @@ def labelled_images(root: str | Path, split: str = "validation") -> tuple[tuple[
 
 
 def evaluate(
-    models: list[str | Path | Classifier],
+    models: list,
     data: str | Path,
     *,
     split: str = "validation",
@@ -110,7 +110,9 @@ def evaluate(
     classes, items = labelled_images(data, split)
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]
-    classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator) for m in models]
+    # A Classifier, or anything that answers like one (edgeres.keras_classifier: a run's Keras model).
+    classifiers = [m if hasattr(m, "predict_pixels") else Classifier(m, threads=threads, accelerator=accelerator)
+                   for m in models]
     return compare(classifiers, items, classes, progress=progress)
 
 

@@ -23,13 +23,14 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data", {"data", "calibrate"}),
     ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "bench", "clients", "doctor", "doctor_device"}),
     ("pipeline", {"pipeline"}),
-    ("model", {"model"}),
+    ("model", {"model", "qat_model", "keras_classifier"}),
     ("train", {"train", "distribute", "run_files", "checkpoint"}),
-    ("export", {"export"}),
+    ("export", {"export", "qat"}),
     ("apps", {"camera", "serve", "serve_files"}),
     ("cli", {"cli"}),
 ]
-TRAINING = {"pipeline", "model", "train", "distribute", "run_files", "checkpoint", "export"}  # TensorFlow's side; everything else runs on a device
+TRAINING = {"pipeline", "model", "qat_model", "keras_classifier", "train", "distribute", "run_files", "checkpoint",
+            "export", "qat"}  # TensorFlow's side; everything else runs on a device
 HEAVY = {"tensorflow", "keras", "tf_keras"}
 
 LIMIT = 400  # lines per module

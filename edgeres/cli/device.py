@@ -78,7 +78,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files, bundles or training run directories (a run's Keras model in TensorFlow; a QAT run with its fake quantization on); the first is the reference for agreement.")],
     data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
     split: Annotated[str, typer.Option(help="Split to use when ROOT has splits.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
@@ -94,6 +94,8 @@ def evaluate(
     mediapipe also runs each model through MediaPipe Tasks as an app would and reports agreement.
 
     Example (float vs int8): edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
+
+    Example (a QAT run vs its int8 export): edgeres evaluate runs/cats-dogs-qat export/cats-dogs-qat/model_int8.tflite --data DIR
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
@@ -101,6 +103,10 @@ def evaluate(
         from edgeres.data import resolve_data_dir
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
+        if any((Path(m) / "model.keras").is_file() for m in models):  # only then is TensorFlow imported
+            from edgeres.keras_classifier import KerasClassifier, is_run_dir
+
+            models = [KerasClassifier(m) if is_run_dir(m) else m for m in models]
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
         checks = []
@@ -121,7 +127,7 @@ def evaluate(
                             fg="yellow", err=True)
             else:
                 checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes)
-                          for m in models]
+                          for m in models if not hasattr(m, "predict_pixels")]  # .tflite models only
         if report:
             ev.save_report(report)
             if checks:

@@ -27,8 +27,8 @@ def main() -> None:
     parent = q["vs_parent_float32"]
     print(f"photos: PTQ n={v['n']}, QAT n={q['n']}; QAT run: {q['target']}, "
           f"lr {qat['run']['train']['learning_rate']:g}, {qat['run']['train']['epochs']} epoch(s)")
-    print("| model | accuracy | int8 vs QAT forward: agree / mean |dp| / p99 |dp| "
-          "| int8 vs original float32: agree / mean |dp| / p99 |dp| |")
+    print("| model | accuracy | int8 vs QAT forward: agree / mean \\|dp\\| / p99 \\|dp\\| "
+          "| int8 vs original float32: agree / mean \\|dp\\| / p99 \\|dp\\| |")
     print("| --- | --- | --- | --- |")
     print(f"| original float32 | {v['float32']['accuracy']:.1%} (TF: {parent['accuracy']:.1%}) | — | — |")
     print(f"| PTQ int8 (`edgeres export`, {ptq['calibration']['ranges']}) | {v['int8']['accuracy']:.1%} | — "

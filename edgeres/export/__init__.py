@@ -189,7 +189,8 @@ def export(
                            calib.draw(dataset, config.calibration_size, seed=config.seed))
         calibration_set = dataclasses.replace(calibration_set, resize=resize.value)
         log(f"Calibration: {len(calibration_set.entries)} images {calibration_set.class_counts()} "
-            f"(manifest sha256 {calibration_set.sha256[:12]}), {ranges.value} ranges")
+            f"(manifest sha256 {calibration_set.sha256[:12]}), "
+            + ("runtime probes only: the QAT run's own int8 ranges" if qat_run else f"{ranges.value} ranges"))
 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -250,8 +251,10 @@ def export(
         timings["verify"] = time.perf_counter() - t
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
         if qat_run and "int8" in files:
+            t = time.perf_counter()
             meta["qat"] = qat_verification(run_dir, run, tmp, files["int8"]["file"], dataset,
                                            limit=config.verify_limit, threads=threads, progress=progress, log=log)
+            timings["verify_qat"] = time.perf_counter() - t
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if config.layer_report and chosen is not None:

@@ -153,7 +153,7 @@ def test_export_parts_import_one_way():
     """Inside ``edgeres/export/``: the range rules and the private-API quantizer at the bottom,
     conversion over them, then the parts that handle converted models, and the ``export()``
     orchestration (``__init__``) over all."""
-    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report"}, {"__init__"}]
+    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report", "qat_convert"}, {"__init__"}]
     rank = {p: i for i, members in enumerate(parts) for p in members}
     files = {p.stem: p for p in (PACKAGE / "export").glob("*.py")}
     assert set(files) == set(rank), f"parts not placed: {sorted(set(files) ^ set(rank))}"

@@ -16,7 +16,7 @@ def qat_run(trained_run, tmp_path_factory):
     from edgeres.qat import qat
 
     out = tmp_path_factory.mktemp("qat") / "tiny-qat"
-    qat(trained_run, out, epochs=1, learning_rate=QAT_LR, batch_size=16, calibration_size=64, verbose=0)
+    qat(trained_run, out, epochs=1, learning_rate=QAT_LR, batch_size=16, calibration_size=64, max_per_class=80, verbose=0)
     return out
 
 
@@ -25,7 +25,7 @@ def qat_export(qat_run, tmp_path_factory):
     from edgeres.export import export
 
     return export(qat_run, out=tmp_path_factory.mktemp("qat-export") / "tiny-qat", formats=("int8", "float32"),
-                  calibration_size=16, max_drop=100.0, progress=False, log=lambda m: None)
+                  calibration_size=16, max_drop=100.0, verify_limit=120, progress=False, log=lambda m: None)
 
 
 def _photos(root, n=12):
@@ -71,7 +71,7 @@ def test_int8_export_reproduces_the_qat_forward_on_real_photos(qat_run, qat_expo
     record = meta["qat"]
     assert record == qat_export.qat
     assert record["parent"] == str(trained_run.resolve()) and record["target"] == "distill"
-    assert record["n"] == 200  # every validation photo of quant_dataset
+    assert record["n"] == meta["verification"]["n"] == 120  # the photos export verifies on
     vs_qat = record["vs_qat_forward"]
     # The int8 model computes the QAT forward pass: only int8 arithmetic and rounding ties differ.
     assert vs_qat["agreement"] >= 0.98, vs_qat
@@ -114,10 +114,10 @@ def test_qat_run_resumes_after_interrupt(trained_run, tmp_path):
             raise KeyboardInterrupt  # what Ctrl-C does, right after the checkpoint was written
 
     out = tmp_path / "qat"
-    kw = dict(epochs=2, learning_rate=QAT_LR, batch_size=32, calibration_size=16, verbose=0)
+    kw = dict(epochs=2, learning_rate=QAT_LR, batch_size=16, calibration_size=16, max_per_class=48, verbose=0)
     with pytest.raises(KeyboardInterrupt):
         qat(trained_run, out, callbacks=[StopAfterFirstEpoch()], **kw)
-    steps = 300 // 32
+    steps = 2 * 48 // 16
     import edgeres.qat_model  # noqa: F401
 
     saved = load_model(out / "last.keras")

@@ -182,7 +182,7 @@ def qat_cmd(
 
     The new run computes what its int8 export will: BatchNorm folded, int8 weights (per channel) and int8 activations at every tensor the int8 model stores, ranges from edgeres's calibration rule, then tracked. It learns RUN's own scores on the training photos (--labels: the labels instead). Export it as any run: its int8 model is verified against its own forward pass and against RUN.
 
-    Use it when the int8 model's scores must follow the trained model closely; it costs one epoch of training (about 5-6 minutes for ResNet-50 at 160 px on a 2-core CPU) and a training install. See README, "Quantization-aware fine-tuning".
+    Use it when the int8 model's scores must follow the trained model closely; it costs one epoch of training (17 minutes for ResNet-50 at 160 px on a busy 2-core CPU, benchmarks/qat.md) and a training install. See README, "Quantization-aware fine-tuning".
 
     Example: edgeres qat runs/cats-dogs --out runs/cats-dogs-qat && edgeres export runs/cats-dogs-qat --int8
     """

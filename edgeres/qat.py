@@ -83,7 +83,7 @@ def qat(run: str | Path, out: str | Path, *, epochs: int | None = None, data: st
 
     Defaults (benchmarks/qat.md): ``epochs=1``, ``learning_rate=2e-6``, distillation from
     ``run``'s outputs (``labels=True``: the dataset's labels). ``data``: the run's dataset unless
-    given. A Ctrl-C loses at most the epoch in progress: call again with ``resume=True``.
+    given; ``batch_size`` and ``max_per_class``: the run's unless given. A Ctrl-C loses at most the epoch in progress: call again with ``resume=True``.
     ``verbose``: 0 silent, 1 Keras's progress bar, 2 one line per epoch.
     """
     out = Path(out)
@@ -107,7 +107,8 @@ def qat(run: str | Path, out: str | Path, *, epochs: int | None = None, data: st
             learning_rate=learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATE,
             label_smoothing=0.0 if qat_config.target is Target.DISTILL else parent_run["train"].get("label_smoothing", 0.1),
             batch_size=batch_size or parent_run["train"].get("batch_size", 32),
-            max_per_class=max_per_class, resize=run_resize(parent_run["train"]))
+            max_per_class=max_per_class if max_per_class is not None else parent_run["train"].get("max_per_class"),
+            resize=run_resize(parent_run["train"]))
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy("float32")  # fake quantization is float32 arithmetic
 

@@ -8,8 +8,9 @@ The result NEW is an ordinary run directory (same files, checkpoints every epoch
 with RUN's labels and resize rule; ``config.json`` records ``"qat"`` and the parent run, and
 ``edgeres export NEW --int8`` converts its fake quantization as it is (:mod:`edgeres.export.qat_convert`).
 
-Measured on the reference model (benchmarks/qat.md): a small learning rate matters; on labels
-at 1e-5 the model moved away from RUN (93.7% agreement), distilling at 1e-6..3e-6 did not.
+Measured on the reference model (benchmarks/qat.md): distilling at 2e-6 for one epoch, int8
+follows the QAT forward at mean |dp| 0.0037 and agrees with RUN on 99.2%; on the labels the model
+moved away from RUN (98.1%), and distilling at 1e-5 drifted back to post-training's distance.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ class KerasClassifier:
         self.backend = "keras/tensorflow" + (" (fake quant)" if self.qat else "")
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Scores ``[N, classes]`` of uint8 pixels ``[N, S, S, 3]`` (a batch is several times faster)."""
+        return np.asarray(self._forward(pixels.astype(np.float32))).astype(np.float32)
+
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
         t = time.perf_counter()
         probs = np.asarray(self._forward(pixels[None].astype(np.float32)))[0].astype(np.float32)

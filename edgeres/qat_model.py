@@ -182,7 +182,7 @@ def fake_quant(model: keras.Model, enabled: bool):
 
 def qat_classifier(model: keras.Model, arch: Arch | str) -> keras.Model:
     """The fake-quantized twin of the edgeres classifier ``model`` (its weights copied), ranges
-    at placeholders until :func:`edgeres.qat.initial_ranges` sets them."""
+    at placeholders until :func:`edgeres.qat.set_initial_ranges` sets them."""
     arch = Arch(arch)
     if arch not in QAT_ARCHS:
         raise QATError(f"edgeres qat supports {', '.join(a.value for a in QAT_ARCHS)}. Received: arch={arch.value} "

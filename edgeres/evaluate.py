@@ -97,7 +97,7 @@ def labelled_images(root: str | Path, split: str = "validation") -> tuple[tuple[
 
 
 def evaluate(
-    models: list,
+    models: list[str | Path | Classifier],
     data: str | Path,
     *,
     split: str = "validation",

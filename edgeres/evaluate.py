@@ -142,7 +142,9 @@ def evaluate(
     classes, items, used = labelled_split(data, split)
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]
-    classifiers = [m if isinstance(m, Classifier) else Classifier(m, threads=threads, accelerator=accelerator) for m in models]
+    # A Classifier, or anything that answers like one (edgeres.keras_classifier: a run's Keras model).
+    classifiers = [m if hasattr(m, "predict_pixels") else Classifier(m, threads=threads, accelerator=accelerator)
+                   for m in models]
     return dataclasses.replace(compare(classifiers, items, classes, progress=progress), split=used)
 
 

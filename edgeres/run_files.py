@@ -226,9 +226,10 @@ def _value(v):
     return round(v, 12) if isinstance(v, float) else v
 
 
-def write_run_files(run_dir, config, dataset, root, device, mixed, jit, weights_used) -> None:
+def write_run_files(run_dir, config, dataset, root, device, mixed, jit, weights_used, extra=None) -> None:
     """What a start writes before its first epoch (:data:`START_FILES`): labels, skipped files,
-    the dataset's counts and hashes, and config.json (every setting, device, versions)."""
+    the dataset's counts and hashes, and config.json (every setting, device, versions; ``extra``:
+    more top-level keys, e.g. ``"qat"``)."""
     write_bytes_atomic(run_dir / "labels.txt", "".join(c + "\n" for c in dataset.classes).encode())
     data_lib.write_skipped(dataset, run_dir / "skipped.txt")
     counts = {s.name: dict(zip(dataset.classes, np.bincount(s.labels, minlength=len(dataset.classes)).tolist()))
@@ -242,5 +243,5 @@ def write_run_files(run_dir, config, dataset, root, device, mixed, jit, weights_
         "train": config, "weights_used": weights_used, "labels": dataset.classes,
         "data_root": str(Path(root).resolve()),
         "dataset_sha256": {"train": dataset.train.digest, "validation": dataset.validation.digest},
-        "device": device, "mixed_precision": mixed, "jit_compile": jit, "versions": versions(),
+        "device": device, "mixed_precision": mixed, "jit_compile": jit, "versions": versions(), **(extra or {}),
     })

@@ -39,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
               FileExistsError, FileNotFoundError]
     for module, name in (("edgeres.model", "WeightsError"), ("edgeres.export", "ExportError"),
                          ("edgeres.run_files", "OptionError"), ("edgeres.distribute", "ClusterError"),
-                         ("edgeres.clients", "ClientError"),
+                         ("edgeres.clients", "ClientError"), ("edgeres.qat_model", "QATError"),
                          ("edgeres.camera", "CameraError")):
         mod = sys.modules.get(module)  # only modules already imported can have raised
         if mod is not None and hasattr(mod, name):

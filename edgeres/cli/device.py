@@ -82,7 +82,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files or bundles; the first is the reference for agreement.")],
+    models: Annotated[list[Path], typer.Argument(help="One or more .tflite files, bundles or training run directories (a run's Keras model in TensorFlow; a QAT run with its fake quantization on); the first is the reference for agreement.")],
     data: Annotated[Optional[Path], typer.Option(help="Labelled folder: ROOT/validation/<class>/* (or val/test), or ROOT/<class>/*. Default: $EDGERES_DATA, a local cats_and_dogs_filtered copy, else its download.")] = None,
     split: Annotated[str, typer.Option(help="Split folder to use when ROOT has splits: ROOT/<split>/<class>/* (train, validation, val, test...). validation falls back to val/ or test/; the title names the one read.")] = "validation",
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most N images, spread over the classes.")] = None,
@@ -101,6 +101,8 @@ def evaluate(
     answers; --report adds risk_coverage.png.
 
     Example (float vs int8): edgeres evaluate export/cats-dogs/model_float32.tflite export/cats-dogs/model_int8.tflite --data DIR
+
+    Example (a QAT run vs its int8 export): edgeres evaluate runs/cats-dogs-qat export/cats-dogs-qat/model_int8.tflite --data DIR
     """
     with _friendly_errors():
         from edgeres.evaluate import evaluate as run_eval
@@ -119,6 +121,10 @@ def evaluate(
             mediapipe_python = require_mediapipe_python()
 
         data = resolve_data_dir(data, log=lambda m: typer.echo(m, err=True) if not json_out else None)
+        if any((Path(m) / "model.keras").is_file() for m in models):  # only then is TensorFlow imported
+            from edgeres.keras_classifier import KerasClassifier, is_run_dir
+
+            models = [KerasClassifier(m) if is_run_dir(m) else m for m in models]
         ev = run_eval(models, data, split=split, threads=threads, limit=limit, progress=not json_out,
                       accelerator=accelerator)
         checks = []
@@ -131,7 +137,8 @@ def evaluate(
             if limit:
                 items = items[:: max(1, len(items) // limit)][:limit]
             checks = [check_mediapipe(Classifier(m, threads=threads, accelerator="cpu"), items, classes,
-                                      python=mediapipe_python) for m in models]
+                                      python=mediapipe_python)
+                      for m in models if not hasattr(m, "predict_pixels")]  # .tflite models only
         if report:
             ev.write_report(report, force=force, extra={"clients.json": [c.to_dict() for c in checks]} if checks else None)
         if json_out:

@@ -40,6 +40,8 @@ from edgeres.export.bundle_write import (BUNDLE_ENTRIES, _replace_dir, _write_mo
 from edgeres.export.convert import (ExportError, Format, Int8Ranges, _converter, _input_quantization,  # noqa: E402,F401
                                     _input_tensor, _io_types, _quiet, _tensor_names, calibrate_model, convert,
                                     convert_int8, float_tensors, representative_dataset)
+from edgeres.export.qat_convert import (convert_qat_int8, float_forward, is_qat_run, qat_summary,  # noqa: E402
+                                        qat_verification)
 from edgeres.export.quantize import activation_tensors, debug_model, quantize, softmax_inputs  # noqa: E402,F401
 from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_SAMPLE,  # noqa: E402,F401
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
@@ -110,6 +112,7 @@ class ExportReport:
     worst_layers: list[dict] = field(default_factory=list)
     ranges: str = DEFAULT_RANGES.value
     uncertain: dict = field(default_factory=dict)  # edgeres.json's "uncertain" band
+    qat: dict = field(default_factory=dict)  # a QAT run's int8 against its own forward pass (edgeres.json["qat"])
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -128,6 +131,7 @@ class ExportReport:
         logits = logits_clipped(self.worst_layers)
         if logits is not None:
             lines.append(f"  logits clipped by the int8 range: {logits:.1%} of values (layer report)")
+        lines += qat_summary(self.qat) if self.qat else []
         return "\n".join(lines)
 
 
@@ -155,6 +159,7 @@ def export(
     formats, ranges, float_layers, max_drop = config.formats, config.ranges, config.float_layers, config.max_drop
     run_dir = Path(run_dir)
     run = _load_run(run_dir)
+    qat_run = is_qat_run(run)  # its own fake-quant ranges make the int8 model; its forward is the reference
     out = Path(out) if out is not None else Path("export") / run_dir.name
     check_replaceable(out, run_dir, force=force)
     client_python = client_check_python(config.client_check, log)  # a broken interpreter fails now, not after converting
@@ -175,6 +180,8 @@ def export(
     timings = {}
 
     t = time.perf_counter()
+    if qat_run:
+        import edgeres.qat_model  # noqa: F401 -- registers the layers a QAT run saves
     model = load_model(run_dir / "model.keras")
     if float_layers:
         if Format.INT8 not in formats:
@@ -195,7 +202,8 @@ def export(
                            calib.draw(dataset, config.calibration_size, seed=config.seed))
         calibration_set = dataclasses.replace(calibration_set, resize=resize.value)
         log(f"Calibration: {len(calibration_set.entries)} images {calibration_set.class_counts()} "
-            f"(manifest sha256 {calibration_set.sha256[:12]}), {ranges.value} ranges")
+            f"(manifest sha256 {calibration_set.sha256[:12]}), "
+            + ("runtime probes only: the QAT run's own int8 ranges" if qat_run else f"{ranges.value} ranges"))
 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -205,12 +213,15 @@ def export(
         # float32 first: the int8 model is quantized from it.
         for fmt in sorted(formats, key=lambda f: f is Format.INT8):
             t = time.perf_counter()
-            if fmt is Format.INT8:
+            if fmt is Format.INT8 and qat_run:
+                model_bytes = convert_qat_int8(model, float_layers=float_layers)
+            elif fmt is Format.INT8:
                 float32 = converted.get(Format.FLOAT32.value, {}).get("raw")
                 model_bytes, chosen = convert_int8(model, calibration_set, size, float_layers=float_layers,
                                                    ranges=ranges, progress=progress, float_model=float32)
             else:
-                model_bytes = convert(model, fmt, size=size)
+                with float_forward(model):  # a QAT run's float formats: its weights, no fake quant
+                    model_bytes = convert(model, fmt, size=size)
             timings[f"convert_{fmt.value}"] = time.perf_counter() - t
             if fmt is Format.INT8:
                 offenders = float_tensors(model_bytes)
@@ -232,7 +243,8 @@ def export(
                 "file": "calibration.txt", "sha256": calibration_set.sha256, "images": len(calibration_set.entries),
                 "per_class": calibration_set.class_counts(), "seed": calibration_set.seed,
                 "ranges": ranges.value, "ranges_method": RANGES[ranges],
-                "float_layers": list(float_layers)},
+                "float_layers": list(float_layers)} | ({"ranges": "qat", "ranges_method": "the QAT run's own "
+                "fake-quant ranges; these images are the runtime probes only"} if qat_run else {}),
             "versions": versions(),
         }
         if calibration_set is not None:
@@ -257,6 +269,11 @@ def export(
         timings["uncertain_band"] = time.perf_counter() - t
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, python=client_python,
                                 enabled=config.client_check, log=log)
+        if qat_run and "int8" in files:
+            t = time.perf_counter()
+            meta["qat"] = qat_verification(run_dir, run, tmp, files["int8"]["file"], dataset,
+                                           limit=config.verify_limit, threads=threads, progress=progress, log=log)
+            timings["verify_qat"] = time.perf_counter() - t
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if config.layer_report and chosen is not None:
@@ -289,7 +306,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
-                          meta["seconds"], worst, ranges.value, meta["uncertain"])
+                          meta["seconds"], worst, ranges.value, meta["uncertain"], meta.get("qat") or {})
     if not passed:
         raise QuantizationCheckFailed(report)
     return report

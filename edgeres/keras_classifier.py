@@ -44,6 +44,7 @@ class KerasClassifier:
         labels = self.path / "labels.txt"
         self.labels = tuple(labels.read_text().splitlines() if labels.is_file() else config["labels"])
         self.qat = is_qat_model(self.model)
+        self.uncertain_below = None  # a band is measured at export; a run has none
         self.backend = "keras/tensorflow" + (" (fake quant)" if self.qat else "")
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 

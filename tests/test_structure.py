@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeres"
 LAYERS: list[tuple[str, set[str]]] = [
     ("shared", {"_stderr", "preprocess", "files", "tflite", "plots", "config", "metadata"}),
     ("data", {"data", "calibrate"}),
-    ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "bench", "clients", "doctor", "doctor_device"}),
+    ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "bench", "clients", "doctor", "doctor_device",
+                 "check"}),
     ("pipeline", {"pipeline"}),
     ("model", {"model"}),
     ("train", {"train", "distribute", "run_files", "checkpoint"}),
@@ -152,7 +153,7 @@ def test_export_parts_import_one_way():
     """Inside ``edgeres/export/``: the range rules and the private-API quantizer at the bottom,
     conversion over them, then the parts that handle converted models, and the ``export()``
     orchestration (``__init__``) over all."""
-    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report"}, {"__init__"}]
+    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report", "runtimes"}, {"__init__"}]
     rank = {p: i for i, members in enumerate(parts) for p in members}
     files = {p.stem: p for p in (PACKAGE / "export").glob("*.py")}
     assert set(files) == set(rank), f"parts not placed: {sorted(set(files) ^ set(rank))}"

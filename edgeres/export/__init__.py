@@ -44,6 +44,8 @@ from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_S
                                    LOGITS_MARGIN, PERCENTILE, RANGES, ActivationStats, Ranges, _mean_square, activation_stats,
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
 from edgeres.export.report import layer_error_report, logits_clipped  # noqa: E402,F401
+from edgeres.export.runtimes import record_runtimes  # noqa: E402
+from edgeres.export.runtimes import summary as runtimes_summary  # noqa: E402
 from edgeres.export.verify import client_checks, verify  # noqa: E402
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
@@ -106,6 +108,7 @@ class ExportReport:
     seconds: dict[str, float] = field(default_factory=dict)
     worst_layers: list[dict] = field(default_factory=list)
     ranges: str = DEFAULT_RANGES.value
+    runtimes: dict | None = None  # edgeres.json["runtimes"]: the int8 model's outputs on each runtime
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -119,6 +122,8 @@ class ExportReport:
                          f"{v['accuracy_drop_pp']:+.2f} pp, score |dp| mean {v['mean_abs_prob_diff']:.4f} "
                          f"p99 {v.get('p99_abs_prob_diff', float('nan')):.4f}, size ratio {v['size_ratio']:.3f}  "
                          f"(n={v['n']})")
+        if self.runtimes:
+            lines.append(f"  {runtimes_summary(self.runtimes)}")
         logits = logits_clipped(self.worst_layers)
         if logits is not None:
             lines.append(f"  logits clipped by the int8 range: {logits:.1%} of values (layer report)")
@@ -238,6 +243,14 @@ def export(
         verification = verify(tmp, files, dataset, limit=config.verify_limit, threads=threads, progress=progress)
         timings["verify"] = time.perf_counter() - t
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, enabled=config.client_check, log=log)
+        runtimes = None
+        if "int8" in files:  # what XNNPACK and the built-in kernels compute, for `edgeres check`
+            t = time.perf_counter()
+            runtimes = record_runtimes(
+                tmp, files["int8"]["file"], self_check_photos=calibration_set.paths,
+                validation=[s.path for s in dataset.validation.samples], root=root, size=size, resize=resize,
+                limit=config.verify_limit, threads=threads, progress=progress, log=log)
+            timings["runtimes"] = time.perf_counter() - t
         passed = not ("accuracy_drop_pp" in verification and verification["accuracy_drop_pp"] > max_drop)
         worst = []
         if config.layer_report and chosen is not None:
@@ -260,6 +273,8 @@ def export(
                 verification[fmt]["bytes"] = n
         if "size_ratio" in verification and "int8" in sizes and "float32" in sizes:
             verification["size_ratio"] = sizes["int8"] / sizes["float32"]
+        if runtimes is not None:  # beside the files, not inside them (their outputs were measured on them)
+            meta["runtimes"] = runtimes
         meta["config"] = config  # what was asked, beside what came out (not inside the .tflite files)
         write_json_atomic(tmp / "edgeres.json", meta)
         if not passed:
@@ -270,7 +285,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
-                          meta["seconds"], worst, ranges.value)
+                          meta["seconds"], worst, ranges.value, meta.get("runtimes"))
     if not passed:
         raise QuantizationCheckFailed(report)
     return report

@@ -36,7 +36,7 @@ def _write_models(tmp: Path, files: dict, meta: dict, labels, size: int) -> dict
 
 # What an export writes into a bundle, and what `edgeres evaluate --report` may add to it: the
 # only entries `--force` will delete. Anything else in the folder means it is not (only) ours.
-BUNDLE_ENTRIES = ("edgeres.json", "labels.txt", "calibration.txt", "FAILED", "probes.npz",
+BUNDLE_ENTRIES = ("edgeres.json", "labels.txt", "calibration.txt", "FAILED", "probes.npz", "runtime_probes.bin",
                   "model_*.tflite", "layer_errors.*", "client_check.json")
 
 

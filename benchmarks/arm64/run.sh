@@ -11,7 +11,13 @@
 # Photos default to 10 per class from $EDGERES_TEST_DATA/validation (the shared photos).
 # Environment: EDGERES_ARM64_ROOT (default ~/.cache/edgeres/arm64-root; built when absent,
 # ~3-15 min), EDGERES_PYTHON (this machine's interpreter with edgeres; default .venv/bin/python,
-# else python3), DEBIAN_MIRROR.
+# else python3), QEMU_CPU (the emulated CPU, default cortex-a72: a Raspberry Pi 4's), DEBIAN_MIRROR.
+#
+# Two traps this script avoids (benchmarks/cross_runtime.md): without /sys, XNNPACK cannot read
+# the CPU list, does not start, and LiteRT silently runs its built-in kernels instead; and with
+# qemu 7.2's default `max` CPU, XNNPACK picks kernels qemu emulates wrongly (every photo gets the
+# same scores). So the root gets the two /sys files XNNPACK reads, the CPU is a real core's,
+# and the script checks that XNNPACK started.
 # Exit codes: 0 the check passed and predictions were compared; 1 the check failed (a runtime that
 # computes the model beyond the bundle's stated tolerance); 2 usage or set-up error;
 # 3 ARM64 cannot be emulated here (no qemu-user / binfmt_misc): nothing was checked.
@@ -21,6 +27,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 ROOT="${EDGERES_ARM64_ROOT:-$HOME/.cache/edgeres/arm64-root}"
 SUITE=bookworm
 VENV=/opt/edgeres-venv  # inside the root
+export QEMU_CPU="${QEMU_CPU:-cortex-a72}"
 cd "$REPO"
 
 say() { echo "arm64: $*" >&2; }
@@ -84,6 +91,9 @@ MOUNTED=()
 cleanup() { for m in "${MOUNTED[@]:-}"; do [ -n "$m" ] && umount -l "$m" 2>/dev/null || true; done; }
 trap cleanup EXIT
 for m in proc dev; do mount --bind "/$m" "$ROOT/$m"; MOUNTED+=("$ROOT/$m"); done
+# What XNNPACK's cpuinfo reads to start (the host's whole /sys crashes it under qemu): one core.
+mkdir -p "$ROOT/sys/devices/system/cpu"
+for f in possible present; do mountpoint -q "$ROOT/sys" || echo 0 >"$ROOT/sys/devices/system/cpu/$f"; done
 # QEMU_CPU (e.g. cortex-a72) picks the emulated CPU; env -i would drop it for the next exec.
 in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH="$VENV/bin:/usr/bin:/bin" LANG=C.UTF-8 \
   ${QEMU_CPU:+QEMU_CPU=$QEMU_CPU} "$@"; }
@@ -101,7 +111,7 @@ say "pip install /opt/edgeres-src (runtime only) ..."
 in_root pip install -q --disable-pip-version-check /opt/edgeres-src || die "pip install of the checkout failed in the root"
 in_root pip install -q --disable-pip-version-check --no-deps --force-reinstall /opt/edgeres-src >/dev/null
 if in_root python -c "import tensorflow" 2>/dev/null; then die "TensorFlow is installed in the root: not a runtime-only install"; fi
-say "$(in_root python -c 'import platform, importlib.metadata as m; print(platform.machine(), "python", platform.python_version(), "ai-edge-litert", m.version("ai-edge-litert"), "numpy", m.version("numpy"))')"
+say "$(in_root python -c 'import platform, importlib.metadata as m; print(platform.machine(), "python", platform.python_version(), "ai-edge-litert", m.version("ai-edge-litert"), "numpy", m.version("numpy"))') (emulated CPU $QEMU_CPU)"
 [ "$PREPARE_ONLY" = 1 ] && { say "root ready: $ROOT (edgeres in $VENV)"; exit 0; }
 
 # -- 4. the bundle and the photos, copied in ---------------------------------------------------
@@ -123,6 +133,12 @@ PY="${EDGERES_PYTHON:-}"
 [ -n "$PY" ] || { [ -x "$REPO/.venv/bin/python" ] && PY="$REPO/.venv/bin/python" || PY=python3; }
 
 # -- 5. the device check and predictions on ARM64; the same predictions here -----------------
+# LiteRT says once per process when XNNPACK starts; without that line it ran its built-in kernels.
+model=$(in_root python -c 'import sys; from edgeres.bundle import resolve_model; print(resolve_model(sys.argv[1]))' /opt/edgeres-work/bundle)
+in_root python -c 'import sys; from ai_edge_litert.interpreter import Interpreter; Interpreter(model_path=sys.argv[1], num_threads=1).allocate_tensors()' \
+  "$model" 2>"$WORK/xnnpack.log" || { cat "$WORK/xnnpack.log" >&2; die "LiteRT could not load $model on aarch64"; }
+grep -q "XNNPACK delegate" "$WORK/xnnpack.log" \
+  || { cat "$WORK/xnnpack.log" >&2; die "XNNPACK did not start on aarch64 (LiteRT would run its built-in kernels): the results would not be ARM64 XNNPACK's"; }
 say "edgeres check on aarch64 (${#PHOTOS[@]} photos to predict after it; ~2-3 s a photo emulated) ..."
 set +e
 in_root edgeres check /opt/edgeres-work/bundle --json >"$WORK/check.json" 2>"$WORK/check.err"

@@ -91,6 +91,8 @@ def table(files: list[Path]) -> str:
         sys.exit(f"outputs were computed on different pixels ({len(shas)} pixel hashes)")
     n = min(len(r["outputs"]) for r in runs)  # a run still going: its first photos
     for r in runs:
+        r.setdefault("done", len(r["outputs"]))
+        r.setdefault("total", len(r["outputs"]))
         r["outputs"] = r["outputs"][:n]
     lines = [f"| runtime A vs runtime B | photos whose scores differ | max difference (steps of 1/256) "
              f"| mean (steps, per photo) | top-1 flips |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -101,7 +103,7 @@ def table(files: list[Path]) -> str:
     lines.append("")
     for r in runs:
         lines.append(f"- {r['name']}: {r['machine']}, ai-edge-litert {r['litert']}, {r['hwcaps'] or 'no auxv'}, "
-                     f"{float(r['seconds']):.0f} s for {r.get('done', n)} of {r.get('total', n)} photos (one thread)")
+                     f"{float(r['seconds']):.0f} s for {r['done']} of {r['total']} photos (one thread)")
     lines.append(f"- pixels sha256 {next(iter(shas))}")
     return "\n".join(lines)
 

@@ -73,7 +73,9 @@ if [ ! -f "$ROOT/.edgeres-root-done" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; } \
     || die "mmdebstrap is needed to build the arm64 root (apt-get install mmdebstrap)."
   say "building an arm64 Debian $SUITE root at $ROOT (several minutes) ..."
-  rm -rf "$ROOT"; mkdir -p "$(dirname "$ROOT")"
+  # A half-built root may still have a killed run's bind mounts: never delete through them.
+  for m in proc dev sys; do while mountpoint -q "$ROOT/$m" 2>/dev/null; do umount -l "$ROOT/$m"; done; done
+  rm -rf --one-file-system "$ROOT"; mkdir -p "$(dirname "$ROOT")"
   t0=$(date +%s)
   mmdebstrap --arch=arm64 --variant=apt --include=python3,python3-venv,python3-pip,ca-certificates \
     "$SUITE" "$ROOT" ${DEBIAN_MIRROR:-} >"$ROOT.build.log" 2>&1 \

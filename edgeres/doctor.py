@@ -280,6 +280,8 @@ def format_report(r: dict) -> str:
                      + (f"; self-check vs CPU on {gap['probes']} probes ({gap['probe_source']}): max |dp| "
                         f"{gap['max_abs_dp']:.4f} (tolerance {gap['tolerance']}), top-1 {gap['top1_agreement']:.0%}, "
                         f"{'passed' if gap['passed'] else 'FAILED'}" if gap else "") + "".join(f"\n            {msg}" for msg in m["messages"]))
+    if r.get("runtime_check"):
+        lines.append(f"Runtime     {r['runtime_check']['line']} (edgeres check)")
     if cv["installed"]:
         lines.append(f"OpenCV      {cv['version']}: video {', '.join(cv['video_backends']) or 'none'}; "
                      f"GUI {cv['gui'] or '?'}; display {cv['display'] or 'none (windows cannot open; use --no-display)'}")

@@ -40,7 +40,7 @@ CERTIFICATE_MARK = "edgeres serve --https: self-signed, made by edgeres; delete 
 
 # What an export writes into a bundle, and what `edgeres evaluate --report` may add to it: the
 # only entries `--force` will delete. Anything else in the folder means it is not (only) ours.
-BUNDLE_ENTRIES = ("edgeres.json", "labels.txt", "calibration.txt", "FAILED", "probes.npz",
+BUNDLE_ENTRIES = ("edgeres.json", "labels.txt", "calibration.txt", "FAILED", "probes.npz", "runtime_probes.bin",
                   "model_*.tflite", "layer_errors.*", "client_check.json")
 # What `edgeres evaluate --report` writes: report.json beside CSVs, PNGs, clients.json, README.txt.
 REPORT_SUFFIXES = (".json", ".csv", ".png", ".txt")

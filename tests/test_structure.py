@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("shared", {"_stderr", "preprocess", "files", "outputs", "tflite", "plots", "config", "metadata"}),
     ("data", {"data", "calibrate"}),
     ("runtime", {"accelerators", "bundle", "runtime", "evaluate", "uncertain", "bench", "clients", "doctor",
-                 "doctor_device"}),
+                 "doctor_device", "check"}),
     ("pipeline", {"pipeline"}),
     ("model", {"model", "qat_model", "keras_classifier"}),
     ("train", {"train", "distribute", "run_files", "checkpoint"}),
@@ -154,7 +154,8 @@ def test_export_parts_import_one_way():
     """Inside ``edgeres/export/``: the range rules and the private-API quantizer at the bottom,
     conversion over them, then the parts that handle converted models, and the ``export()``
     orchestration (``__init__``) over all."""
-    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report", "band", "qat_convert"}, {"__init__"}]
+    parts = [{"ranges", "quantize"}, {"convert"}, {"bundle_write", "verify", "report", "band", "qat_convert", "runtimes"},
+             {"__init__"}]
     rank = {p: i for i, members in enumerate(parts) for p in members}
     files = {p.stem: p for p in (PACKAGE / "export").glob("*.py")}
     assert set(files) == set(rank), f"parts not placed: {sorted(set(files) ^ set(rank))}"

@@ -28,7 +28,7 @@ from edgeres.cli.common import (
     _short_names,
     app,
 )
-from edgeres.runtime import Accelerator
+from edgeres.runtime import Accelerator, Kernels
 
 
 # -- runtime commands ----------------------------------------------------------------------
@@ -185,6 +185,7 @@ def bench(
     accelerator: AcceleratorOpt = Accelerator.CPU,
     delegate: DelegateOpt = None,
     strict: StrictOpt = False,
+    runtime_check: Annotated[bool, typer.Option("--check", help="Also run `edgeres check` on each bundle: does this runtime compute its int8 model as export recorded?")] = False,
     json_out: JsonOpt = False,
 ):
     """Latency (p50/p90/p99), throughput, load time and memory of each model, batch 1.
@@ -200,8 +201,14 @@ def bench(
         results = run_bench(models, threads=threads, runs=runs, warmup=warmup, accelerator=accelerator,
                             delegate=delegate, strict=strict)
         speedups = ratios(results)
+        checks = {}
+        if runtime_check:
+            from edgeres.check import check as run_check
+
+            checks = {str(m): run_check(m, threads=threads).to_dict() for m in models if m.is_dir()}
         if json_out:
-            typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups}))
+            typer.echo(json.dumps({"models": [r.to_dict() for r in results], "speedup_vs_first": speedups,
+                                   **({"runtime_checks": checks} if runtime_check else {})}))
             return
         from rich.table import Table
 
@@ -216,6 +223,8 @@ def bench(
         for r in results:
             if r.self_check:
                 typer.echo(f"{Path(r.path).name}: {r.self_check_summary}")
+        for model, result in checks.items():
+            typer.echo(f"{model}: {result['line']}")
 
 
 @app.command()
@@ -269,6 +278,37 @@ def camera(
             raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def check(
+    bundle: Annotated[Path, typer.Argument(help="An export bundle directory (its int8 model and runtime records).")],
+    kernels: Annotated[Kernels, typer.Option("--kernels", case_sensitive=False, help="CPU kernels: xnnpack (LiteRT's default) or builtin (LiteRT's built-in kernels, as a runtime without XNNPACK).")] = Kernels.XNNPACK,
+    accelerator: Annotated[Accelerator, typer.Option("--accelerator", case_sensitive=False, help="cpu (default) | gpu | auto: run the probes there (after its self-check against the CPU).")] = Accelerator.CPU,
+    delegate: DelegateOpt = None,
+    tolerance: Annotated[Optional[int], typer.Option("--tolerance", min=0, help="Largest allowed difference in uint8 output steps (default: the bundle's tolerance_steps).")] = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Does this machine compute the bundle's int8 model as export recorded? Runs the bundle's
+    probe photos (those nearest the decision boundary) on this runtime and compares with the
+    outputs recorded for each runtime (x86-64 XNNPACK, built-in kernels, ...): one line with the
+    verdict, the largest difference, the top-1 flips, and which recorded runtime it matches.
+
+    Exits 1 beyond the tolerance, or when a probe outside the bundle's uncertain band changes label.
+
+    Example: edgeres check export/cats-dogs
+    """
+    with _friendly_errors():
+        from edgeres.check import check as run_check
+
+        result = run_check(bundle, kernels=kernels, accelerator=accelerator, delegate=delegate, threads=threads,
+                           tolerance=tolerance)
+        for note in result.notes:
+            typer.echo(note, err=True)
+        typer.echo(json.dumps(result.to_dict()) if json_out else result.line())
+        if not result.passed:
+            raise typer.Exit(EXIT_FAILED)
+
+
 # -- doctor --------------------------------------------------------------------------------
 
 
@@ -301,6 +341,15 @@ def doctor(
             from edgeres.runtime import check_accelerator
 
             report["model_check"] = check_accelerator(model, accelerator=accelerator, delegate=delegate)
+            if model.is_dir():  # this machine's CPU against the runtimes the bundle recorded
+                from edgeres.check import CheckError
+                from edgeres.check import check as run_check
+
+                try:
+                    report["runtime_check"] = run_check(model).to_dict()
+                    report["ok"] = report["ok"] and report["runtime_check"]["passed"]
+                except CheckError as e:
+                    report["runtime_check"] = {"line": f"not checked: {e}", "passed": None}
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -48,6 +48,8 @@ from edgeres.export.ranges import (DEFAULT_RANGES, GROUP_SIZE, HIST_KEYS, HIST_S
                                    choose_ranges, mse_range, percentile_range, robust_ranges, value_histogram)
 from edgeres.export.report import check_float_layers, layer_error_report, logits_clipped  # noqa: E402,F401
 from edgeres.export.band import check_setting, export_band, summary_line  # noqa: E402
+from edgeres.export.runtimes import record_runtimes  # noqa: E402
+from edgeres.export.runtimes import summary as runtimes_summary  # noqa: E402
 from edgeres.export.verify import client_check_python, client_checks, verify, verify_scores  # noqa: E402,F401
 from edgeres.preprocess import DEFAULT_RESIZE, LEGACY_RESIZE, RESIZE_SPEC, Resize, load_pixels  # noqa: E402
 
@@ -113,6 +115,7 @@ class ExportReport:
     ranges: str = DEFAULT_RANGES.value
     uncertain: dict = field(default_factory=dict)  # edgeres.json's "uncertain" band
     qat: dict = field(default_factory=dict)  # a QAT run's int8 against its own forward pass (edgeres.json["qat"])
+    runtimes: dict | None = None  # edgeres.json["runtimes"]: the int8 model's outputs on each runtime
 
     def summary(self) -> str:
         lines = [f"Bundle {self.bundle} ({'PASSED' if self.passed else 'FAILED'})"]
@@ -126,6 +129,8 @@ class ExportReport:
                          f"{v['accuracy_drop_pp']:+.2f} pp, score |dp| mean {v['mean_abs_prob_diff']:.4f} "
                          f"p99 {v.get('p99_abs_prob_diff', float('nan')):.4f}, size ratio {v['size_ratio']:.3f}  "
                          f"(n={v['n']})")
+        if self.runtimes:
+            lines.append(f"  {runtimes_summary(self.runtimes)}")
         if self.uncertain:
             lines.append(f"  {summary_line(self.uncertain)}")
         logits = logits_clipped(self.worst_layers)
@@ -263,9 +268,17 @@ def export(
         verification, evaluation = verify_scores(tmp, files, dataset, limit=config.verify_limit, threads=threads,
                                                  progress=progress)
         timings["verify"] = time.perf_counter() - t
+        runtimes = None
+        if "int8" in files:  # what XNNPACK and the built-in kernels compute, for `edgeres check`
+            t = time.perf_counter()
+            runtimes = record_runtimes(
+                tmp, files["int8"]["file"], self_check_photos=calibration_set.paths,
+                validation=[s.path for s in dataset.validation.samples], root=root, size=size, resize=resize,
+                limit=config.verify_limit, threads=threads, progress=progress, log=log)
+            timings["runtimes"] = time.perf_counter() - t
         t = time.perf_counter()
         meta["uncertain"] = export_band(tmp, files, evaluation, config.uncertain_below, threads=threads,
-                                        runtimes=meta.get("runtimes"), log=log)
+                                        runtimes=runtimes, log=log)
         timings["uncertain_band"] = time.perf_counter() - t
         clients = client_checks(tmp, files, dataset, limit=config.verify_limit, python=client_python,
                                 enabled=config.client_check, log=log)
@@ -296,6 +309,8 @@ def export(
                 verification[fmt]["bytes"] = n
         if "size_ratio" in verification and "int8" in sizes and "float32" in sizes:
             verification["size_ratio"] = sizes["int8"] / sizes["float32"]
+        if runtimes is not None:  # beside the files, not inside them (their outputs were measured on them)
+            meta["runtimes"] = runtimes
         meta["config"] = config  # what was asked, beside what came out (not inside the .tflite files)
         write_json_atomic(tmp / "edgeres.json", meta)
         if not passed:
@@ -306,7 +321,8 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = ExportReport(out, tuple(f.value for f in formats), meta["models"], verification, passed, max_drop,
-                          meta["seconds"], worst, ranges.value, meta["uncertain"], meta.get("qat") or {})
+                          meta["seconds"], worst, ranges.value, meta["uncertain"], meta.get("qat") or {},
+                          meta.get("runtimes"))
     if not passed:
         raise QuantizationCheckFailed(report)
     return report

@@ -131,7 +131,8 @@ def test_perturbed_runtime_fails_the_check(tiny_bundle, tmp_path):
     assert not result.passed and result.max_steps == 20 and result.differ >= 42  # (0, 255) cannot move
     assert result.line().startswith("check FAILED: shifted runtime (+20 steps) on 48 probes")
     assert "max 20 steps > tolerance 12" in result.line()
-    assert check(tiny_bundle, backend=Shifted(cpu, 20), tolerance=20).passed
+    wide = check(tiny_bundle, backend=Shifted(cpu, 20), tolerance=20)  # the steps pass; flips above the band still fail
+    assert "max 20 steps <= tolerance 20" in wide.line() and wide.passed == (not wide.unexpected_flips)
     assert check(tiny_bundle, backend=Shifted(cpu, 3)).passed
 
 
@@ -144,6 +145,9 @@ def test_flips_fail_outside_the_uncertain_band_only(bundle_copy):
     result = check(bundle_copy, backend=Flipping(cpu, 6))
     assert result.matches == "xnnpack/x86_64" and result.max_steps <= 6
     assert {f["probe"] for f in result.flips} == borderline
+    assert result.passed == (not result.unexpected_flips)  # the export's own band decides the flips
+    _set_uncertain(bundle_copy, None)
+    result = check(bundle_copy, backend=Flipping(cpu, 6))
     assert result.passed and "(no uncertain band recorded)" in result.line()  # no band: steps decide
     top = max(f["recorded_score"] for f in result.flips)
     _set_uncertain(bundle_copy, round(top + 0.05, 3))  # every flipped probe inside the band

@@ -49,7 +49,7 @@ fi
 [ "$(id -u)" = 0 ] || die "run as root (chroot, bind mounts and binfmt_misc need it)."
 
 # -- 1. qemu-user and binfmt_misc: aarch64 binaries must run transparently ------------------
-if ! [ -x /usr/bin/qemu-aarch64-static ] && ! [ -x /usr/bin/qemu-aarch64 ]; then
+if { ! [ -x /usr/bin/qemu-aarch64-static ] && ! [ -x /usr/bin/qemu-aarch64 ]; } || ! command -v mmdebstrap >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     say "installing qemu-user-static, binfmt-support, mmdebstrap ..."
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

@@ -303,8 +303,9 @@ def test_serve_https_for_a_phone_prints_url_and_qr(tiny_bundle, fake_assets):
         page = next(line.split("page: ")[1].strip() for line in lines if "page: " in line)
         assert page.startswith("https://127.0.0.1:")
         reachable = next(line for line in lines if "reachable by every network" in line)
-        named = sorted({m["file"] for m in json.loads((tiny_bundle / "edgeres.json").read_text())["models"].values()}
-                       | {"labels.txt"})
+        meta = json.loads((tiny_bundle / "edgeres.json").read_text())
+        named = sorted({m["file"] for m in meta["models"].values()} | {"labels.txt"}
+                       | ({meta["runtimes"]["probes"]["file"]} if "runtimes" in meta else set()))
         assert f"only: {', '.join(named)} (nothing else" in reachable, reachable
         context = ssl.create_default_context()
         context.check_hostname = False

@@ -55,7 +55,8 @@ def test_only_the_files_edgeres_json_names_are_served(served):
     server, bundle, _ = served
     url = server.url
     info = json.loads((bundle / "edgeres.json").read_text())
-    named = sorted({m["file"] for m in info["models"].values()} | {"labels.txt"})
+    named = sorted({m["file"] for m in info["models"].values()} | {"labels.txt"}
+                   | ({info["runtimes"]["probes"]["file"]} if "runtimes" in info else set()))
     status, body = _get(url, "/bundle/config.json")
     config = json.loads(body)
     assert status == 200 and config["files"] == named

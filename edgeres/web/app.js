@@ -162,6 +162,20 @@ async function fetchJson(url) {
 
 // -- the model -----------------------------------------------------------------------------------
 
+/** The compiled model ``m`` on model-sized RGB pixels [h, w, 3]: its raw output tensor (a copy). */
+async function invoke(m, pixels, h, w) {
+  const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, h, w, 3]);
+  let outputs;
+  try {
+    outputs = await exclusive(() => m.compiled.run(tensor));
+  } finally {
+    tensor.delete();
+  }
+  const raw = outputs[0].toTypedArray().slice();
+  for (const o of outputs) o.delete();
+  return raw;
+}
+
 /** Run the picked model (every model in compare mode, or those given) on model-sized RGB
  * pixels; latency covers input, invoke and output. */
 async function classify(pixels, models = running()) {
@@ -170,15 +184,7 @@ async function classify(pixels, models = running()) {
   for (const m of models) {
     await compile(m);
     const t0 = performance.now();
-    const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, H, W, 3]);
-    let outputs;
-    try {
-      outputs = await exclusive(() => m.compiled.run(tensor));
-    } finally {
-      tensor.delete();
-    }
-    const raw = outputs[0].toTypedArray().slice();
-    for (const o of outputs) o.delete();
+    const raw = await invoke(m, pixels, H, W);
     const probs = probabilities(raw, m.output);
     const latencyMs = performance.now() - t0;
     let index = 0;
@@ -201,15 +207,7 @@ async function selfCheck(runtimes) {
   $('runtime-check').replaceChildren(el('li', `running ${runtimes.probes.n} probes through ${runtimes.model}…`));
   await compile(m);
   const run = async (pixels) => {
-    const tensor = new litert.Tensor(modelInput(pixels, m.input), [1, h, w, 3]);
-    let outputs;
-    try {
-      outputs = await exclusive(() => m.compiled.run(tensor));
-    } finally {
-      tensor.delete();
-    }
-    const raw = outputs[0].toTypedArray().slice();
-    for (const o of outputs) o.delete();
+    const raw = await invoke(m, pixels, h, w);
     if (!(raw instanceof Uint8Array)) throw new Error(`${m.file}: output is ${raw.constructor.name}, the record is uint8`);
     return raw;
   };

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
 
 import edgeres.metadata as md
+from edgeres.clients import find_mediapipe_python
 from edgeres.metadata import embed_metadata, read_labels, read_metadata
 
 pytestmark = pytest.mark.slow
@@ -212,8 +212,8 @@ def test_reading_needs_only_flatbuffers_and_stdlib(models, tmp_path):
     assert proc.stdout.strip() == "ok"
 
 
-@pytest.mark.skipif(not os.environ.get("EDGERES_MEDIAPIPE_PYTHON"),
-                    reason="set EDGERES_MEDIAPIPE_PYTHON to a python with mediapipe installed")
+@pytest.mark.skipif(find_mediapipe_python() is None,
+                    reason="no MediaPipe interpreter: run scripts/setup (or set EDGERES_MEDIAPIPE_PYTHON)")
 def test_mediapipe_image_classifier_reads_labels(models, tmp_path):
     """MediaPipe Tasks ImageClassifier returns our category names (separate venv)."""
     from PIL import Image
@@ -225,7 +225,7 @@ def test_mediapipe_image_classifier_reads_labels(models, tmp_path):
     def classify(model: bytes) -> subprocess.CompletedProcess:
         path = tmp_path / "m.tflite"
         path.write_bytes(model)
-        return subprocess.run([os.environ["EDGERES_MEDIAPIPE_PYTHON"], str(script), str(path), str(image)],
+        return subprocess.run([find_mediapipe_python(), str(script), str(path), str(image)],
                               check=False, capture_output=True, text=True, timeout=120)
 
     for kind in ("int8", "float32"):

@@ -36,8 +36,7 @@ from edgeres import pipeline  # noqa: E402
 from edgeres.checkpoint import Checkpoint  # noqa: E402
 from edgeres.config import Precision, StrategyKind, TrainConfig, from_dict, run_resize, to_jsonable  # noqa: E402
 from edgeres.distribute import strategy_for  # noqa: E402
-from edgeres.export.ranges import (DEFAULT_RANGES, HIST_KEYS, HIST_SAMPLE, ActivationStats, Ranges,  # noqa: E402
-                                   _mean_square, choose_ranges, value_histogram)
+from edgeres.export.ranges import DEFAULT_RANGES, Ranges, StatsCollector, choose_ranges  # noqa: E402
 from edgeres.model import compile_for_training, load_model  # noqa: E402
 from edgeres.preprocess import load_pixels  # noqa: E402
 from edgeres.qat_model import RANGE_DECAY, fake_quant, fake_quant_points, qat_classifier  # noqa: E402
@@ -176,25 +175,14 @@ def set_initial_ranges(model: keras.Model, images: list[np.ndarray], rule: Range
     (uint8 ``[S, S, 3]``): the ranges ``edgeres export`` would give the parent run, per tensor."""
     points = [p for p in fake_quant_points(model) if p.fixed is None]
     probe = keras.Model(model.input, [p.input for p in points])
-    n = len(points)
-    lo, hi = [], []
-    counts = np.zeros((n, HIST_KEYS), np.int64)
-    relative = np.zeros((n, HIST_KEYS), np.float64)
+    collector = StatsCollector(len(points))
     with fake_quant(model, enabled=False):
         for start in range(0, len(images), batch):
             values = probe(np.stack(images[start:start + batch]).astype(np.float32), training=False)
             values = [np.asarray(v) for v in values]
             for i in range(len(values[0])):
-                image = [v[i] for v in values]
-                lo.append([v.min() for v in image])
-                hi.append([v.max() for v in image])
-                for j, v in enumerate(image):
-                    h = value_histogram(v, HIST_SAMPLE, extremes=(lo[-1][j], hi[-1][j]))
-                    counts[j] += h
-                    power = _mean_square(v, HIST_SAMPLE)
-                    if power > 0:
-                        relative[j] += h / power
-    stats = ActivationStats(np.asarray(lo, np.float32), np.asarray(hi, np.float32), counts, relative)
+                collector.add([v[i] for v in values])
+    stats = collector.stats()
     logits = [j for j, p in enumerate(points) if p.name == "logits_fq"]
     low, high = choose_ranges(rule, stats, output_side=logits)
     for p, a, b in zip(points, low, high):

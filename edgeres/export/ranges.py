@@ -82,25 +82,41 @@ def activation_stats(model_bytes: bytes, tensors: list[int], images, *, advance=
                          experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     index = interp.get_input_details()[0]["index"]
-    lo, hi = [], []
-    counts = np.zeros((len(tensors), HIST_KEYS), np.int64) if histograms else None
-    relative = np.zeros((len(tensors), HIST_KEYS), np.float64) if histograms else None
+    collector = StatsCollector(len(tensors), histograms=histograms)
     for x in images:
         interp.set_tensor(index, x)
         interp.invoke()
-        values = [interp.get_tensor(t) for t in tensors]
-        lo.append([v.min() for v in values])
-        hi.append([v.max() for v in values])
-        if histograms:
-            for j, v in enumerate(values):
-                h = value_histogram(v, HIST_SAMPLE, extremes=(lo[-1][j], hi[-1][j]))
-                counts[j] += h
-                power = _mean_square(v, HIST_SAMPLE)
-                if power > 0:
-                    relative[j] += h / power
+        collector.add([interp.get_tensor(t) for t in tensors])
         if advance:
             advance()
-    return ActivationStats(np.asarray(lo, np.float32), np.asarray(hi, np.float32), counts, relative)
+    return collector.stats()
+
+
+class StatsCollector:
+    """:class:`ActivationStats` gathered one image at a time: ``add`` the values of each tensor
+    for an image (from LiteRT at export, from Keras for ``edgeres qat``'s initial ranges)."""
+
+    def __init__(self, tensors: int, *, histograms: bool = True):
+        self.lo: list[list[float]] = []
+        self.hi: list[list[float]] = []
+        self.counts = np.zeros((tensors, HIST_KEYS), np.int64) if histograms else None
+        self.relative = np.zeros((tensors, HIST_KEYS), np.float64) if histograms else None
+
+    def add(self, values: list[np.ndarray]) -> None:
+        self.lo.append([v.min() for v in values])
+        self.hi.append([v.max() for v in values])
+        if self.counts is None:
+            return
+        for j, v in enumerate(values):
+            h = value_histogram(v, HIST_SAMPLE, extremes=(self.lo[-1][j], self.hi[-1][j]))
+            self.counts[j] += h
+            power = _mean_square(v, HIST_SAMPLE)
+            if power > 0:
+                self.relative[j] += h / power
+
+    def stats(self) -> ActivationStats:
+        return ActivationStats(np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32),
+                               self.counts, self.relative)
 
 
 def _mean_square(values: np.ndarray, sample: int) -> float:

@@ -387,11 +387,9 @@ def _rgb(b64: str, h: int, w: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(h, w, 3)
 
 
-@pytest.fixture(scope="module")
-def page(tiny_bundle, photos_root, tmp_path_factory):
-    """The tiny bundle served by ``edgeres serve``, open in Chromium whose camera plays a clip of
-    real photos: 3 the model calls one label and 3 the other (per ``edgeres predict``)."""
-    from edgeres.serve import check_assets, make_server, serve_in_thread, ServeError
+def _need_browser() -> None:
+    """Skip, saying why, where the page cannot run: no Chromium, or no LiteRT.js for it."""
+    from edgeres.serve import ServeError, check_assets
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
@@ -399,6 +397,15 @@ def page(tiny_bundle, photos_root, tmp_path_factory):
         check_assets()
     except ServeError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def page(tiny_bundle, photos_root, tmp_path_factory):
+    """The tiny bundle served by ``edgeres serve``, open in Chromium whose camera plays a clip of
+    real photos: 3 the model calls one label and 3 the other (per ``edgeres predict``)."""
+    from edgeres.serve import make_server, serve_in_thread
+
+    _need_browser()
     work = tmp_path_factory.mktemp("serve_page")
     pool = sample_photos(photos_root, 24)
     scenes = {p.stem: np.asarray(decode(p).resize(CLIP_SIZE, Image.BILINEAR)) for p in pool}
@@ -638,14 +645,9 @@ def expected_comparison(mine: list[list[int]], theirs: list[list[int]]) -> dict:
 def checked_page(tiny_bundle, photos_root, tmp_path_factory):
     """The tiny bundle with a per-runtime record and an "uncertain" threshold between the top
     scores of the photos the tests drop, open in Chromium."""
-    from edgeres.serve import check_assets, make_server, serve_in_thread, ServeError
+    from edgeres.serve import make_server, serve_in_thread
 
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    try:
-        check_assets()
-    except ServeError as e:
-        pytest.skip(str(e))
+    _need_browser()
     bundle = tmp_path_factory.mktemp("checked") / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     photos = sample_photos(photos_root, 60)
